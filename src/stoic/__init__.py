@@ -1,0 +1,64 @@
+"""Stoic: event processing that never fails silently.
+
+An event store with a gap-free global order, and projections whose checkpoint
+moves in the same transaction as their read model, on SQLite (embedded) or
+PostgreSQL (several workers on several machines).
+"""
+
+from stoic.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DuplicateEventId,
+    EventTooLarge,
+    InvalidArgument,
+    InvalidEvent,
+    LeaseLost,
+    LockNotAvailable,
+    OperationTimeout,
+    PermanentError,
+    SchemaError,
+    StoicError,
+    StoreUnavailable,
+    TransientError,
+    UnknownProjection,
+)
+from stoic.events import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent
+from stoic.projection import ALL, App, Projection, handles, handles_all, load_app
+from stoic.runner import Runner
+from stoic.store import Store, Transaction, connect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL",
+    "ANY",
+    "NO_STREAM",
+    "App",
+    "AppendResult",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "DuplicateEventId",
+    "EventTooLarge",
+    "InvalidArgument",
+    "InvalidEvent",
+    "LeaseLost",
+    "LockNotAvailable",
+    "NewEvent",
+    "OperationTimeout",
+    "PermanentError",
+    "Projection",
+    "RecordedEvent",
+    "Runner",
+    "SchemaError",
+    "StoicError",
+    "Store",
+    "StoreUnavailable",
+    "Transaction",
+    "TransientError",
+    "UnknownProjection",
+    "__version__",
+    "connect",
+    "handles",
+    "handles_all",
+    "load_app",
+]

@@ -1,0 +1,113 @@
+"""The one error tree of Stoic.
+
+Every error Stoic raises sits under :class:`StoicError`, on one of two branches
+that the whole system agrees on: a :class:`TransientError` is worth retrying
+with backoff, a :class:`PermanentError` is not (it is recorded, parked, and
+eventually dead). A class's docstring doubles as its default message; the
+facts of an error are attributes, not only text.
+
+::
+
+    StoicError
+    ├── TransientError                 retry with backoff
+    │   ├── StoreUnavailable           connection lost, server down, timeout
+    │   ├── LockNotAvailable           database locked, lock timeout, deadlock
+    │   ├── OperationTimeout           a statement or batch ran past its time limit
+    │   └── LeaseLost                  another runner took the projection
+    └── PermanentError                 record, park, then dead
+        ├── ConfigurationError         bad URL, bad app reference, bad option
+        ├── InvalidArgument            an argument is out of range or of the wrong type
+        ├── InvalidEvent               an event fails validation
+        │   └── EventTooLarge          an event is over the size limit
+        ├── ConcurrencyError           expected version does not match
+        ├── DuplicateEventId           an event id is stored for another event
+        ├── UnknownProjection          no projection has that name
+        └── SchemaError                the database schema is newer / broken
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StoicError(Exception):
+    """A Stoic operation failed."""
+
+    def __init__(self, message: str | None = None, **facts: Any) -> None:
+        self.facts = facts
+        for key, value in facts.items():
+            setattr(self, key, value)
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class TransientError(StoicError):
+    """A transient error: the same operation may succeed if retried later."""
+
+
+class PermanentError(StoicError):
+    """A permanent error: retrying the same operation will fail the same way."""
+
+
+class StoreUnavailable(TransientError):
+    """The event store could not be reached (connection lost, server down, timeout)."""
+
+
+class LockNotAvailable(TransientError):
+    """A lock could not be taken in time (database locked, lock timeout, deadlock)."""
+
+
+class OperationTimeout(TransientError):
+    """An operation ran past its time limit and was cancelled."""
+
+
+class LeaseLost(TransientError):
+    """This runner no longer holds the projection's lease; its batch was not committed."""
+
+
+class ConfigurationError(PermanentError):
+    """Stoic is configured wrongly (bad URL, application reference or option)."""
+
+
+class InvalidArgument(PermanentError):
+    """An argument is out of range or of the wrong type; nothing was changed."""
+
+
+class InvalidEvent(PermanentError):
+    """An event failed validation; nothing was written."""
+
+
+class EventTooLarge(InvalidEvent):
+    """An event's encoded size is over the configured limit; nothing was written."""
+
+
+class ConcurrencyError(PermanentError):
+    """A stream's version is not the expected one; nothing was written.
+
+    Attributes: ``stream_id``, ``expected`` and ``actual`` (versions; 0 means
+    the stream does not exist).
+    """
+
+    stream_id: str
+    expected: object
+    actual: int
+
+    def __init__(self, stream_id: str, expected: object, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r}: expected version {expected}, actual version {actual}; "
+            "nothing was written",
+            stream_id=stream_id,
+            expected=expected,
+            actual=actual,
+        )
+
+
+class DuplicateEventId(PermanentError):
+    """An event id is already stored for a different event; nothing was written."""
+
+
+class UnknownProjection(PermanentError):
+    """No projection with this name is registered."""
+
+
+class SchemaError(PermanentError):
+    """The database schema cannot be used by this version of Stoic."""

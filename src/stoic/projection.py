@@ -1,0 +1,171 @@
+"""Projections (read models fed from the store) and the App that lists them.
+
+A projection is a plain class: a ``name``, handlers registered with
+:func:`handles`, and optional ``setup(tx)`` / ``reset(tx)``. Every handler gets
+``tx``, the transaction that also moves the projection's checkpoint, so what it
+writes through ``tx`` is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Final, TypeVar
+
+from stoic.errors import ConfigurationError, UnknownProjection
+from stoic.events import RecordedEvent
+from stoic.store import Transaction
+
+ALL: Final = "*"  #: pass to :func:`handles` to receive every event type
+DEFAULT_BATCH_SIZE: Final = 500  #: events read and applied per transaction
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
+
+Handler = Callable[[RecordedEvent, Transaction], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles(*event_types: str) -> Callable[[F], F]:
+    """Registers a method as the handler of some event types (``"*"``: all of them).
+
+    ::
+
+        @handles("Deposited")
+        def deposited(self, event, tx): ...
+    """
+    if not event_types or not all(isinstance(t, str) and t for t in event_types):
+        raise ConfigurationError("handles() needs one or more event type names (or stoic.ALL)")
+
+    def register(method: F) -> F:
+        existing: tuple[str, ...] = getattr(method, "_stoic_handles", ())
+        method._stoic_handles = existing + event_types  # type: ignore[attr-defined]
+        return method
+
+    return register
+
+
+handles_all = handles(ALL)
+"""Registers a method as the catch-all handler: ``@handles_all``."""
+
+
+class Projection:
+    """Base class of projections.
+
+    Subclasses set ``name`` (stable: it keys the checkpoint) and write handlers
+    ``def on_x(self, event, tx)``. ``batch_size`` bounds how many events one
+    transaction applies.
+    """
+
+    name: ClassVar[str]
+    batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
+    _handler_names: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            local: dict[str, str] = {}
+            for attr, value in vars(klass).items():
+                for event_type in getattr(value, "_stoic_handles", ()):
+                    if event_type in local:
+                        raise ConfigurationError(
+                            f"{klass.__name__}: {event_type!r} is handled by both "
+                            f"{local[event_type]} and {attr}"
+                        )
+                    local[event_type] = attr
+            names.update(local)
+        cls._handler_names = names
+
+    def setup(self, tx: Transaction) -> None:
+        """Creates the read model's tables; must be idempotent (runs at every start)."""
+
+    def reset(self, tx: Transaction) -> None:
+        """Clears the read model, for a rebuild from position 0."""
+
+    def handlers(self) -> tuple[dict[str, Handler], Handler | None]:
+        """Returns the bound handler of each event type, and the catch-all (or None)."""
+        bound = {t: getattr(self, attr) for t, attr in self._handler_names.items()}
+        catch_all = bound.pop(ALL, None)
+        return bound, catch_all
+
+    def handled_types(self) -> frozenset[str]:
+        """The event types with a handler (``"*"`` when there is a catch-all)."""
+        return frozenset(self._handler_names)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'name', '?')!r}>"
+
+
+def _instance(projection: Projection | type[Projection]) -> Projection:
+    if isinstance(projection, type) and issubclass(projection, Projection):
+        projection = projection()
+    if not isinstance(projection, Projection):
+        raise ConfigurationError(f"not a stoic.Projection: {projection!r}")
+    name = getattr(projection, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"{type(projection).__name__}: name must be 1-100 characters of letters, digits, "
+            f"'_', '.', '-', got {name!r}"
+        )
+    if not projection.handled_types():
+        raise ConfigurationError(f"projection {name!r} has no @handles methods")
+    return projection
+
+
+class App:
+    """A user application: the projections a worker runs.
+
+    ``stoic worker --app module:app`` imports this object.
+    """
+
+    def __init__(self, projections: Iterable[Projection | type[Projection]] = (), name: str = "stoic") -> None:
+        self.name = name
+        self._projections: dict[str, Projection] = {}
+        for projection in projections:
+            self.add(projection)
+
+    def add(self, projection: Projection | type[Projection]) -> Projection:
+        """Adds a projection (a class is instantiated); names must be unique."""
+        instance = _instance(projection)
+        if instance.name in self._projections:
+            raise ConfigurationError(f"two projections are named {instance.name!r}")
+        self._projections[instance.name] = instance
+        return instance
+
+    @property
+    def projections(self) -> list[Projection]:
+        return list(self._projections.values())
+
+    def projection(self, name: str) -> Projection:
+        """Returns the projection of that name; raises UnknownProjection."""
+        try:
+            return self._projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self._projections)) or "none"
+            raise UnknownProjection(
+                f"no projection named {name!r} (known: {known})", name=name
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, projections={sorted(self._projections)})"
+
+
+def load_app(reference: str) -> App:
+    """Imports ``module:attribute`` and returns the App it names."""
+    import importlib
+    import sys
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"app reference must look like module:attribute, got {reference!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute, None)
+    if callable(app) and not isinstance(app, App):
+        app = app()
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{reference} is not a stoic.App (got {type(app).__name__})")
+    return app

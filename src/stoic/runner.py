@@ -1,0 +1,404 @@
+"""The projection runner: reads batches after the checkpoint, applies them and
+moves the checkpoint in the same transaction; and the worker loop that shares
+projections between processes.
+
+Invariants:
+
+* exactly once: a batch's handler writes and its checkpoint move commit
+  together, and the move is fenced (``position = start AND epoch = lease``), so
+  a second runner or a zombie that lost its lease commits nothing;
+* one runner per projection: a projection is applied only under a lease; a
+  worker's lease lives while its heartbeat does, so when a worker dies another
+  takes its projections after ``lease_ttl`` seconds;
+* the fast path pays nothing for failures: a batch has no savepoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from stoic.errors import ConfigurationError, LeaseLost, StoicError, TransientError
+from stoic.events import RecordedEvent
+from stoic.projection import App, Projection
+from stoic.store import Lease, Store, StoreSession, Transaction
+
+log = logging.getLogger("stoic.runner")
+
+LEASE_TTL_S = 6.0  #: a worker silent this long loses its projections, seconds
+CLAIM_INTERVAL_S = 1.0  #: how often a worker looks for projections to take, seconds
+IDLE_WAIT_S = 0.5  #: longest wait for new events before re-checking stop/lease, seconds
+RETRY_INITIAL_S = 0.05  #: first back-off after a failed batch, seconds
+RETRY_MAX_S = 10.0  #: longest back-off between attempts at a failing batch, seconds
+
+
+def new_worker_id() -> str:
+    """Returns a readable unique worker id: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def backoff_delay(attempt: int, initial: float = RETRY_INITIAL_S, cap: float = RETRY_MAX_S) -> float:
+    """Exponential back-off with full jitter: uniform in [0, min(cap, initial * 2**attempt)]."""
+    return random.uniform(0, min(cap, initial * 2 ** min(attempt, 30)))
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did: how many events, and the checkpoint after it."""
+
+    events: int
+    position: int
+
+
+class ProjectionRunner:
+    """Runs one projection under one lease, on its own store session (connection).
+
+    Not thread-safe: one thread drives it.
+    """
+
+    def __init__(
+        self, store: Store, projection: Projection, worker_id: str, batch_size: int | None = None
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.name = projection.name
+        self.worker_id = worker_id
+        self.batch_size = batch_size or projection.batch_size
+        self.session: StoreSession | None = None
+        self.lease: Lease | None = None
+        self.position = 0
+        self._handlers, self._catch_all = projection.handlers()
+
+    def acquire(self) -> bool:
+        """Opens a session, takes the lease and runs ``setup``; False if another
+        live worker holds the projection."""
+        session = self._session()
+        session.ensure_projection(self.name)
+        lease = session.claim(self.name, self.worker_id)
+        if lease is None:
+            return False
+        self.lease, self.position = lease, lease.position
+        session.run_setup(self.name, self.projection.setup)
+        log.info(
+            "projection acquired",
+            extra={"action": "lease_acquired", "projection": self.name,
+                   "worker": self.worker_id, "epoch": lease.epoch, "position": lease.position},
+        )
+        return True
+
+    def _session(self) -> StoreSession:
+        if self.session is None:
+            self.session = self.store.open_session()
+        return self.session
+
+    def run_batch(self) -> BatchResult:
+        """Reads the next batch after the checkpoint and applies it in one
+        transaction with the checkpoint move; returns 0 events when caught up."""
+        if self.lease is None:
+            raise LeaseLost(f"projection {self.name!r} is not held by this runner")
+        session = self._session()
+        events = session.read_all(self.position, self.batch_size)
+        if not events:
+            return BatchResult(0, self.position)
+        start, end = self.position, events[-1].position
+        handlers, catch_all = self._handlers, self._catch_all
+
+        def apply(tx: Transaction) -> None:
+            for event in events:
+                handler = handlers.get(event.type, catch_all)
+                if handler is not None:
+                    handler(event, tx)
+
+        session.apply_batch(self.lease, start, end, len(events), apply)
+        self.position = end
+        return BatchResult(len(events), end)
+
+    def reconnect(self) -> None:
+        """Drops the session after a connection error; the lease is re-taken
+        (with a new epoch) on the next :meth:`acquire`."""
+        self.close_session()
+        self.lease = None
+
+    def release(self) -> None:
+        """Gives the lease back (best effort) and closes the session."""
+        if self.lease is not None and self.session is not None:
+            try:
+                self.session.release(self.lease)
+                log.info("projection released", extra={
+                    "action": "lease_released", "projection": self.name, "worker": self.worker_id})
+            except StoicError as exc:
+                log.warning("could not release lease: %s", exc, extra={
+                    "action": "lease_release_failed", "projection": self.name})
+        self.lease = None
+        self.close_session()
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class Runner:
+    """Runs an App's projections against a store.
+
+    ``run_until_caught_up()`` processes in the calling thread until every
+    projection reaches the head, then returns (tests, scripts, small jobs).
+    ``run()`` is the long-running worker: it registers itself, heartbeats,
+    takes a fair share of the projections, runs each in its own thread, and on
+    :meth:`stop` finishes the batches in hand and releases its leases.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        app: App,
+        *,
+        worker_id: str | None = None,
+        projections: Iterable[str] | None = None,
+        lease_ttl: float = LEASE_TTL_S,
+        claim_interval: float = CLAIM_INTERVAL_S,
+        batch_size: int | None = None,
+    ) -> None:
+        if lease_ttl <= 0 or claim_interval <= 0:
+            raise ConfigurationError("lease_ttl and claim_interval must be positive")
+        self.store = store
+        self.app = app
+        self.worker_id = worker_id or new_worker_id()
+        selected = list(projections) if projections is not None else None
+        self.projections = (
+            [app.projection(name) for name in selected] if selected is not None else app.projections
+        )
+        self.lease_ttl = lease_ttl
+        self.claim_interval = claim_interval
+        self.batch_size = batch_size
+        self._stop = threading.Event()
+        self._registered = False
+        self._heartbeat_thread: threading.Thread | None = None
+        self._threads: dict[str, threading.Thread] = {}
+        self._release: dict[str, threading.Event] = {}
+
+    # -- worker identity --------------------------------------------------------------
+
+    def _register(self) -> None:
+        self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.lease_ttl)
+        self._registered = True
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"stoic-heartbeat-{self.worker_id}", daemon=True
+        )
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.lease_ttl / 3
+        while not self._stop.wait(interval) and self._registered:
+            try:
+                if not self.store.heartbeat(self.worker_id, self.lease_ttl):
+                    self.store.register_worker(
+                        self.worker_id, socket.gethostname(), os.getpid(), self.lease_ttl
+                    )
+            except StoicError as exc:
+                log.warning("heartbeat failed: %s", exc, extra={
+                    "action": "heartbeat_failed", "worker": self.worker_id})
+
+    def _unregister(self) -> None:
+        self._registered = False
+        try:
+            self.store.unregister_worker(self.worker_id)
+        except StoicError as exc:
+            log.warning("could not unregister worker: %s", exc, extra={
+                "action": "unregister_failed", "worker": self.worker_id})
+
+    # -- in-process catch-up ---------------------------------------------------------
+
+    def run_until_caught_up(self, timeout: float | None = None) -> dict[str, int]:
+        """Processes every projection until it reaches the head, then returns
+        ``{name: checkpoint}``.
+
+        Raises the handler's exception if a batch fails permanently (the
+        checkpoint stays before that batch), LeaseLost if another live worker
+        holds a projection past ``timeout``, and TransientError if the store stays
+        unreachable.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stop_heartbeat = self._stop
+        self._stop = threading.Event()
+        self._register()
+        positions: dict[str, int] = {}
+        try:
+            for projection in self.projections:
+                runner = ProjectionRunner(self.store, projection, self.worker_id, self.batch_size)
+                try:
+                    self._acquire_blocking(runner, deadline)
+                    positions[runner.name] = self._drain(runner, deadline)
+                finally:
+                    runner.release()
+        finally:
+            self._stop.set()
+            self._unregister()
+            self._stop = stop_heartbeat
+        return positions
+
+    def _acquire_blocking(self, runner: ProjectionRunner, deadline: float | None) -> None:
+        attempt = 0
+        while True:
+            try:
+                if runner.acquire():
+                    return
+            except TransientError:
+                runner.reconnect()
+                if attempt >= 8:
+                    raise
+            if deadline is not None and time.monotonic() > deadline:
+                raise LeaseLost(
+                    f"projection {runner.name!r} is held by another live worker", projection=runner.name
+                )
+            time.sleep(backoff_delay(attempt, initial=0.05, cap=1.0))
+            attempt += 1
+
+    def _drain(self, runner: ProjectionRunner, deadline: float | None) -> int:
+        failures = 0
+        while True:
+            try:
+                if runner.run_batch().events == 0:
+                    return runner.position
+                failures = 0
+            except LeaseLost:
+                raise
+            except TransientError as exc:
+                failures += 1
+                if failures > 8 or (deadline is not None and time.monotonic() > deadline):
+                    raise
+                log.warning("transient error, retrying: %s", exc, extra={
+                    "action": "batch_retry", "projection": runner.name})
+                time.sleep(backoff_delay(failures))
+                runner.reconnect()
+                self._acquire_blocking(runner, deadline)
+
+    # -- the long-running worker -------------------------------------------------------
+
+    def run(self) -> None:
+        """Runs as a worker until :meth:`stop`: takes a fair share of the
+        projections, runs each in a thread, rebalances as workers come and go."""
+        self._stop.clear()
+        self._register()
+        log.info("worker started", extra={"action": "worker_started", "worker": self.worker_id,
+                                          "projections": [p.name for p in self.projections]})
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._rebalance()
+                except StoicError as exc:
+                    log.warning("rebalance failed: %s", exc, extra={
+                        "action": "rebalance_failed", "worker": self.worker_id})
+                self._stop.wait(self.claim_interval)
+        finally:
+            self._stop.set()
+            for thread in list(self._threads.values()):
+                thread.join()
+            self._unregister()
+            log.info("worker stopped", extra={"action": "worker_stopped", "worker": self.worker_id})
+
+    def stop(self) -> None:
+        """Asks the worker to finish the batches in hand, release and return."""
+        self._stop.set()
+
+    @property
+    def held(self) -> list[str]:
+        """Names of the projections this worker is running now."""
+        return [name for name, thread in self._threads.items() if thread.is_alive()]
+
+    def _rebalance(self) -> None:
+        for name in [n for n, t in self._threads.items() if not t.is_alive()]:
+            del self._threads[name]
+            self._release.pop(name, None)
+        alive_workers = sum(1 for w in self.store.workers() if w.alive) or 1
+        target = math.ceil(len(self.projections) / alive_workers)
+        held = self.held
+        if len(held) > target:
+            # Hand the surplus back, newest first; another worker takes it.
+            for name in held[target:]:
+                self._release[name].set()
+            return
+        states = {s.name: s for s in self.store.projections()}
+        # Start from a worker-specific offset so that workers do not all race for
+        # the same projection.
+        order = sorted(self.projections, key=lambda p: hash((p.name, self.worker_id)))
+        for projection in order:
+            if len(self.held) >= target or self._stop.is_set():
+                return
+            if projection.name in self._threads:
+                continue
+            state = states.get(projection.name)
+            if state is not None and state.holder not in (None, self.worker_id) and state.holder_alive:
+                continue
+            self._start_thread(projection)
+
+    def _start_thread(self, projection: Projection) -> None:
+        release = threading.Event()
+        acquired = threading.Event()
+        thread = threading.Thread(
+            target=self._run_projection,
+            args=(projection, release, acquired),
+            name=f"stoic-{projection.name}",
+            daemon=True,
+        )
+        self._threads[projection.name] = thread
+        self._release[projection.name] = release
+        thread.start()
+        acquired.wait(self.claim_interval)
+
+    def _run_projection(
+        self, projection: Projection, release: threading.Event, acquired: threading.Event
+    ) -> None:
+        runner = ProjectionRunner(self.store, projection, self.worker_id, self.batch_size)
+        failures = 0
+        try:
+            while not self._stop.is_set() and not release.is_set():
+                try:
+                    if runner.lease is None:
+                        if not runner.acquire():
+                            return  # someone else holds it; the coordinator will look again
+                        acquired.set()
+                    result = runner.run_batch()
+                    failures = 0
+                    if result.events == 0:
+                        self.store.wait_for_append(runner.position, IDLE_WAIT_S)
+                except LeaseLost as exc:
+                    log.warning("lease lost: %s", exc, extra={
+                        "action": "lease_lost", "projection": runner.name, "worker": self.worker_id})
+                    runner.lease = None
+                    return
+                except TransientError as exc:
+                    failures += 1
+                    log.warning("transient error, reconnecting: %s", exc, extra={
+                        "action": "batch_retry", "projection": runner.name, "attempt": failures})
+                    runner.reconnect()
+                    self._stop.wait(backoff_delay(failures))
+                except Exception as exc:
+                    # Until the failure policies exist, a failing batch halts the
+                    # projection at that batch and is retried with back-off: nothing
+                    # is ever skipped.
+                    failures += 1
+                    log.error("batch failed: %s", exc, exc_info=True, extra={
+                        "action": "batch_failed", "projection": runner.name,
+                        "position": runner.position, "attempt": failures})
+                    self._stop.wait(backoff_delay(failures, initial=0.5, cap=RETRY_MAX_S))
+        finally:
+            acquired.set()
+            runner.release()
+
+
+def apply_events(projection: Projection, events: Iterable[RecordedEvent], tx: Transaction) -> None:
+    """Applies events to a projection through ``tx`` (no checkpoint): for tests and folds."""
+    handlers, catch_all = projection.handlers()
+    for event in events:
+        handler = handlers.get(event.type, catch_all)
+        if handler is not None:
+            handler(event, tx)

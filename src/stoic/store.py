@@ -1,0 +1,201 @@
+"""The Store seam: what the core asks of a backend, in the domain's words.
+
+The core (projections, runner, worker) talks only to these protocols; it knows
+no SQL dialect and no driver. A backend (``stoic.stores.sqlite``,
+``stoic.stores.postgres``) implements them; the contract tests in
+``tests/contract`` define what "implements" means.
+
+Two levels, as in a connection pool: a :class:`Store` is shared by the whole
+process (appends, reads, worker registry); a :class:`StoreSession` is one
+connection owned by one projection runner, because a projection's batch is a
+transaction on that connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from stoic.errors import ConfigurationError
+from stoic.events import ANY, AppendResult, Expected, NewEvent, RecordedEvent
+
+DEFAULT_URL = "sqlite:///stoic.db"
+URL_ENV_VAR = "STOIC_DATABASE_URL"
+
+AppendItem = tuple[str, Sequence[NewEvent], Expected]
+
+
+@runtime_checkable
+class Cursor(Protocol):
+    """The part of a DB-API cursor a handler may use."""
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class Transaction(Protocol):
+    """The handle a projection handler writes through.
+
+    It is the same database transaction that moves the projection's
+    checkpoint, so what a handler writes here is applied exactly once. SQL uses
+    ``?`` placeholders on every backend; ``dialect`` tells the backend
+    (``"sqlite"`` or ``"postgresql"``) for the rare statement that differs.
+    """
+
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def executemany(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A projection held by a worker: ``epoch`` fences every checkpoint write,
+    ``position`` is the checkpoint at the moment the lease was taken."""
+
+    projection: str
+    worker_id: str
+    epoch: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionState:
+    """A projection's row in the store: checkpoint, counters and holder."""
+
+    name: str
+    position: int
+    events_processed: int
+    holder: str | None
+    holder_alive: bool
+    epoch: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A registered worker process and its last heartbeat."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    alive: bool
+
+
+class StoreSession(Protocol):
+    """One connection, owned by one projection runner (one thread)."""
+
+    def ensure_projection(self, name: str) -> None:
+        """Creates the projection's checkpoint row at position 0 if it is missing."""
+
+    def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
+        """Runs a projection's ``setup(tx)`` in its own transaction, one process at a time."""
+
+    def claim(self, name: str, worker_id: str) -> Lease | None:
+        """Takes the projection if nobody live holds it; returns the lease or None."""
+
+    def release(self, lease: Lease) -> None:
+        """Gives the projection back, if this lease still holds it."""
+
+    def read_all(self, after: int, limit: int) -> list[RecordedEvent]:
+        """Reads committed events after a position, in global order."""
+
+    def apply_batch(
+        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
+    ) -> None:
+        """Runs ``apply(tx)`` and moves the checkpoint from ``start`` to ``end`` in one
+        transaction, fenced by the lease; raises LeaseLost (and commits nothing) if the
+        checkpoint is no longer at ``start`` or the lease epoch has moved on."""
+
+    def checkpoint(self, name: str) -> int:
+        """Returns the projection's committed checkpoint position."""
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """An event store: append-only streams with a gap-free global order."""
+
+    url: str
+    dialect: str
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
+    ) -> AppendResult:
+        """Appends events to one stream atomically, checking its version first."""
+
+    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
+        """Appends to several streams in one transaction: all or nothing."""
+
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Returns a stream's events from a version on, in version order."""
+
+    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
+        """Returns committed events after a global position, in the order to apply them."""
+
+    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Iterates over every committed event after a position, batch by batch."""
+
+    def head(self) -> int:
+        """Returns the last committed global position (0 when the store is empty)."""
+
+    def stream_version(self, stream_id: str) -> int:
+        """Returns a stream's current version (0 when it does not exist)."""
+
+    def wait_for_append(self, after: int, timeout: float) -> bool:
+        """Blocks until an event after ``after`` may be committed, or the timeout
+        passes; returns False on timeout. May wake spuriously."""
+
+    def open_session(self) -> StoreSession:
+        """Opens a dedicated connection for one projection runner."""
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, ttl: float) -> None:
+        """Records a worker as alive for ``ttl`` seconds."""
+
+    def heartbeat(self, worker_id: str, ttl: float) -> bool:
+        """Extends a worker's life by ``ttl`` seconds; False if its row is gone."""
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Removes a worker and frees every projection it held."""
+
+    def workers(self) -> list[WorkerInfo]:
+        """Returns every registered worker, alive or not."""
+
+    def projections(self) -> list[ProjectionState]:
+        """Returns the state of every known projection."""
+
+    def close(self) -> None: ...
+
+
+def connect(url: str | None = None, **options: Any) -> Store:
+    """Opens the store a URL names: ``sqlite:///path`` (the default is
+    ``sqlite:///stoic.db``, or ``$STOIC_DATABASE_URL``) or ``postgresql://...``.
+
+    Creates and migrates the schema if needed. Options override URL query
+    parameters (for example ``max_event_bytes``).
+    """
+    url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from stoic.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        from stoic.stores.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}: use sqlite:///path or postgresql://user@host/db",
+        url=url,
+    )

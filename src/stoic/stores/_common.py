@@ -1,0 +1,206 @@
+"""What both backends share: SQL files, migrations, append preparation and the
+idempotent-append rule. Nothing here talks to a driver."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from stoic.errors import ConcurrencyError, DuplicateEventId, InvalidArgument, InvalidEvent
+from stoic.events import (
+    ANY,
+    NO_STREAM,
+    AppendResult,
+    EncodedEvent,
+    Expected,
+    encode_events,
+    validate_expected,
+    validate_stream_id,
+)
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
+
+
+def load_queries(package: str) -> dict[str, str]:
+    """Parses a backend's ``queries.sql`` into ``{name: sql}``.
+
+    Each block starts with ``-- name: NAME`` followed by a one-line ``--``
+    description; the SQL runs until the next name line.
+    """
+    text = resources.files(package).joinpath("queries.sql").read_text()
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        match = _NAME_LINE.match(line)
+        if match:
+            if name:
+                queries[name] = _finish(lines)
+            name, lines = match.group(1), []
+        elif name and not (line.startswith("--") and not lines):
+            lines.append(line)
+    if name:
+        queries[name] = _finish(lines)
+    return queries
+
+
+def _finish(lines: list[str]) -> str:
+    return "\n".join(lines).strip().rstrip(";")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(package: str) -> list[Migration]:
+    """Returns a backend's migrations (``migrations/NNNN_name.sql``) in order."""
+    folder = resources.files(package).joinpath("migrations")
+    migrations = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            migrations.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    migrations.sort(key=lambda m: m.version)
+    if [m.version for m in migrations] != list(range(1, len(migrations) + 1)):
+        raise RuntimeError(f"migrations of {package} are not numbered 1..N")
+    return migrations
+
+
+def split_statements(sql: str) -> list[str]:
+    """Splits a migration file on semicolons at line ends (our files put one there)."""
+    statements, current = [], []
+    for line in sql.splitlines():
+        if line.strip().startswith("--") and not current:
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip())
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return [s for s in statements if s]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """One stream's share of an append, validated and encoded."""
+
+    stream_id: str
+    expected: Expected
+    events: list[EncodedEvent]
+
+
+def prepare_append(items: Sequence[Any], max_event_bytes: int) -> list[PreparedAppend]:
+    """Validates every stream and event of an append before anything is written."""
+    if not isinstance(items, list | tuple):
+        raise InvalidEvent("append_many: items must be a list of (stream_id, events, expected_version)")
+    prepared: list[PreparedAppend] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            raise InvalidEvent(
+                f"append_many: item {index} must be (stream_id, events, expected_version), got {item!r}"
+            )
+        stream_id, events, expected = item
+        stream_id = validate_stream_id(stream_id, where=f"append_many item {index}")
+        if stream_id in seen:
+            raise InvalidEvent(
+                f"append_many: stream {stream_id!r} appears twice; put all its events in one item",
+                stream_id=stream_id,
+            )
+        seen.add(stream_id)
+        expected = validate_expected(expected, where=f"stream {stream_id!r}")
+        prepared.append(PreparedAppend(stream_id, expected, encode_events(stream_id, events, max_event_bytes)))
+    return prepared
+
+
+def expected_as_int(expected: Expected) -> int:
+    """Encodes an expected version for SQL: -1 for ANY, 0 for NO_STREAM."""
+    if expected is ANY:
+        return -1
+    if expected is NO_STREAM:
+        return 0
+    return int(expected)  # type: ignore[arg-type]
+
+
+def version_matches(expected: Expected, actual: int) -> bool:
+    return expected is ANY or expected_as_int(expected) == actual
+
+
+def describe_expected(expected: Expected) -> object:
+    return "NO_STREAM" if expected is NO_STREAM else "ANY" if expected is ANY else expected
+
+
+def first_mismatch(
+    prepared: Sequence[PreparedAppend], versions: dict[str, int]
+) -> ConcurrencyError | None:
+    """Returns the error for the first stream whose version is not the expected one."""
+    for item in prepared:
+        actual = versions.get(item.stream_id, 0)
+        if not version_matches(item.expected, actual):
+            return ConcurrencyError(item.stream_id, describe_expected(item.expected), actual)
+    return None
+
+
+StoredRow = tuple[str, str, int, int]  # event_id, stream_id, version, position
+
+
+def stored_results(
+    prepared: Sequence[PreparedAppend], stored: dict[str, StoredRow], versions: dict[str, int]
+) -> list[AppendResult] | None:
+    """Returns the stored results if every event of this append is already stored,
+    in the same streams and order (a retried append); None if none of them is.
+
+    Raises DuplicateEventId when only some are, or they belong elsewhere: that
+    is not a retry but a conflict.
+    """
+    ids = [e.event_id for item in prepared for e in item.events]
+    found = [i for i in ids if i in stored]
+    if not found:
+        return None
+    results = []
+    for item in prepared:
+        if not item.events:
+            results.append(AppendResult(item.stream_id, versions.get(item.stream_id, 0), ()))
+            continue
+        rows = [stored.get(e.event_id) for e in item.events]
+        if any(r is None for r in rows) or any(
+            r[1] != item.stream_id for r in rows if r is not None
+        ):
+            raise DuplicateEventId(
+                f"stream {item.stream_id!r}: {len(found)} of {len(ids)} event ids are already "
+                "stored, for other events; nothing was written",
+                stream_id=item.stream_id,
+                event_ids=found,
+            )
+        stored_versions = [r[2] for r in rows if r is not None]
+        if stored_versions != list(range(stored_versions[0], stored_versions[0] + len(rows))):
+            raise DuplicateEventId(
+                f"stream {item.stream_id!r}: event ids are stored in a different order",
+                stream_id=item.stream_id,
+                event_ids=found,
+            )
+        positions = tuple(r[3] for r in rows if r is not None)
+        results.append(AppendResult(item.stream_id, stored_versions[-1], positions))
+    return results
+
+
+def has_client_ids(prepared: Sequence[PreparedAppend]) -> bool:
+    return any(e.client_supplied_id for item in prepared for e in item.events)
+
+
+def check_read_args(position: object, limit: object) -> None:
+    """Raises InvalidArgument unless position >= 0 and limit >= 1 are ints."""
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise InvalidArgument(f"position must be an int >= 0, got {position!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"limit must be an int >= 1, got {limit!r}")

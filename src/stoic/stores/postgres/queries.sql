@@ -1,0 +1,139 @@
+-- Stoic queries for PostgreSQL. Parameters use psycopg's %s / %(name)s style; the
+-- connection's search_path selects the schema.
+
+-- name: append_lock
+-- Serialises appends until commit, so positions follow commit order (see the schema).
+SELECT pg_advisory_xact_lock(%s);
+
+-- name: append
+-- Appends the events of one or more streams if every expected version matches, all or
+-- nothing. Returns one (0, stream ordinal, version before) row per stream and one
+-- (1, first position, events inserted) row.
+WITH input AS (
+    SELECT s.ord, s.value ->> 0 AS stream_id, (s.value ->> 1)::bigint AS expected
+    FROM json_array_elements(%(streams)s::json) WITH ORDINALITY AS s(value, ord)
+), cur AS (
+    SELECT i.ord, i.stream_id, i.expected,
+           coalesce((SELECT max(e.version) FROM stoic_events e WHERE e.stream_id = i.stream_id), 0) AS version
+    FROM input i
+), head AS (
+    SELECT coalesce(max(position), 0) AS position FROM stoic_events
+), ins AS (
+    INSERT INTO stoic_events (position, stream_id, version, event_id, type, data, metadata, recorded_at)
+    SELECT head.position + ev.ord, cur.stream_id, cur.version + (ev.value ->> 1)::bigint,
+           (ev.value ->> 2)::uuid, ev.value ->> 3, (ev.value -> 4)::jsonb,
+           nullif((ev.value -> 5)::jsonb, 'null'::jsonb), statement_timestamp()
+    FROM json_array_elements(%(events)s::json) WITH ORDINALITY AS ev(value, ord)
+    JOIN cur ON cur.ord = (ev.value ->> 0)::bigint
+    CROSS JOIN head
+    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.expected >= 0 AND cur.expected <> cur.version)
+    RETURNING position
+)
+SELECT 0 AS kind, ord, version FROM cur
+UNION ALL
+SELECT 1, coalesce(min(position), 0), count(*) FROM ins;
+
+-- name: notify
+-- Wakes listening runners; the payload is the new head.
+SELECT pg_notify(%s, (SELECT coalesce(max(position), 0) FROM stoic_events)::text);
+
+-- name: head
+-- Returns the last committed global position.
+SELECT coalesce(max(position), 0) FROM stoic_events;
+
+-- name: stream_version
+-- Returns a stream's current version (0 when it does not exist).
+SELECT coalesce(max(version), 0) FROM stoic_events WHERE stream_id = %s;
+
+-- name: read_all
+-- Reads committed events after a position, in global order. Payloads stay text: decoded lazily.
+SELECT position, stream_id, version, type, event_id::text, data::text, metadata::text,
+       extract(epoch FROM recorded_at)::float8
+FROM stoic_events WHERE position > %s ORDER BY position LIMIT %s;
+
+-- name: read_stream
+-- Reads a stream's events from a version on.
+SELECT position, stream_id, version, type, event_id::text, data::text, metadata::text,
+       extract(epoch FROM recorded_at)::float8
+FROM stoic_events WHERE stream_id = %s AND version >= %s ORDER BY version LIMIT %s;
+
+-- name: events_by_id
+-- Looks up stored events by id, to recognise a retried append.
+SELECT event_id::text, stream_id, version, position FROM stoic_events WHERE event_id = ANY(%s::uuid[]);
+
+-- name: ensure_projection
+-- Creates a projection's row at position 0 if it is missing.
+INSERT INTO stoic_projections (name) VALUES (%s) ON CONFLICT (name) DO NOTHING;
+
+-- name: setup_lock
+-- Lets one process at a time run a projection's setup (CREATE TABLE IF NOT EXISTS races).
+SELECT pg_advisory_xact_lock(%s);
+
+-- name: claim_projection
+-- Takes a projection that nobody live holds, bumping the fencing epoch.
+UPDATE stoic_projections p
+SET holder = %(worker)s, epoch = p.epoch + 1, held_since = now()
+WHERE p.name = %(name)s
+  AND (p.holder IS NULL
+       OR p.holder = %(worker)s
+       OR NOT EXISTS (SELECT 1 FROM stoic_workers w WHERE w.worker_id = p.holder AND w.expires_at > now()))
+RETURNING p.epoch, p.position;
+
+-- name: release_projection
+-- Frees a projection if this lease still holds it.
+UPDATE stoic_projections SET holder = NULL, held_since = NULL
+WHERE name = %s AND holder = %s AND epoch = %s;
+
+-- name: advance_checkpoint
+-- Moves the checkpoint, fenced: only from the expected position, only under the current lease.
+UPDATE stoic_projections
+SET position = %(end)s, events_processed = events_processed + %(count)s, updated_at = now()
+WHERE name = %(name)s AND position = %(start)s AND holder = %(worker)s AND epoch = %(epoch)s;
+
+-- name: checkpoint
+-- Returns a projection's committed checkpoint.
+SELECT position FROM stoic_projections WHERE name = %s;
+
+-- name: projections
+-- Lists projections with their holder's liveness.
+SELECT p.name, p.position, p.events_processed, p.holder,
+       coalesce(w.expires_at > now(), false) AS holder_alive, p.epoch, p.updated_at
+FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
+ORDER BY p.name;
+
+-- name: register_worker
+-- Records a worker as alive for a number of seconds; forgets workers dead for an hour.
+WITH forget AS (DELETE FROM stoic_workers WHERE expires_at < now() - interval '1 hour')
+INSERT INTO stoic_workers (worker_id, hostname, pid, started_at, heartbeat_at, expires_at)
+VALUES (%s, %s, %s, now(), now(), now() + make_interval(secs => %s))
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at;
+
+-- name: heartbeat
+-- Extends a worker's life.
+UPDATE stoic_workers SET heartbeat_at = now(), expires_at = now() + make_interval(secs => %s)
+WHERE worker_id = %s;
+
+-- name: release_worker_projections
+-- Frees every projection a worker holds.
+UPDATE stoic_projections SET holder = NULL, held_since = NULL WHERE holder = %s;
+
+-- name: unregister_worker
+-- Removes a worker.
+DELETE FROM stoic_workers WHERE worker_id = %s;
+
+-- name: workers
+-- Lists registered workers.
+SELECT worker_id, hostname, pid, started_at, heartbeat_at, expires_at, expires_at > now()
+FROM stoic_workers ORDER BY started_at;
+
+-- name: migrate_lock
+-- Lets one process at a time migrate the schema.
+SELECT pg_advisory_xact_lock(%s);
+
+-- name: schema_version
+-- Returns the highest applied migration.
+SELECT coalesce(max(version), 0) FROM stoic_schema_migrations;
+
+-- name: record_migration
+-- Records an applied migration.
+INSERT INTO stoic_schema_migrations (version, name, applied_at) VALUES (%s, %s, now());

@@ -1,0 +1,516 @@
+"""PostgreSQL event store: the distributed engine.
+
+Invariant (global order without gaps): an append takes a transaction-level
+advisory lock and holds it until its commit is visible; positions are computed
+as ``max(position) + n`` inside that lock. So no transaction can commit a
+position lower than one already visible, and ``read_all(after=p)`` never skips
+an event. The whole append (lock, insert, notify, commit) is one pipelined
+round trip, so the lock is held for the server's work only. docs/ordering.md
+explains the trade-off against ordering by transaction id.
+
+All of Stoic's tables live in one schema (``?schema=NAME`` in the URL, default
+``public``), selected by the connections' ``search_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from stoic.errors import (
+    ConfigurationError,
+    DuplicateEventId,
+    LeaseLost,
+    LockNotAvailable,
+    OperationTimeout,
+    SchemaError,
+    StoicError,
+    StoreUnavailable,
+)
+from stoic.events import ANY, MAX_EVENT_BYTES, AppendResult, Expected, NewEvent, RecordedEvent, validate_stream_id
+from stoic.store import AppendItem, Lease, ProjectionState, Transaction, WorkerInfo
+from stoic.stores._common import (
+    PreparedAppend,
+    check_read_args,
+    expected_as_int,
+    first_mismatch,
+    load_migrations,
+    load_queries,
+    prepare_append,
+    split_statements,
+    stored_results,
+)
+
+Q = load_queries("stoic.stores.postgres")
+MIGRATIONS = load_migrations("stoic.stores.postgres")
+
+POOL_SIZE = 10  #: connections shared by appends and reads of one process
+CONNECT_TIMEOUT_S = 5.0  #: how long to wait for a connection, seconds
+POLL_INTERVAL_S = 0.5  #: how often runners poll while LISTEN is down, seconds
+IDLE_IN_TRANSACTION_TIMEOUT_S = 30.0  #: the server ends a transaction idle this long (a frozen zombie), seconds
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_STOIC_OPTIONS = ("schema", "max_event_bytes", "pool_size")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Maps psycopg errors to Stoic's error tree, most specific first.
+
+    Integrity errors and errors of user SQL pass through unchanged: they are
+    the caller's to interpret (and permanent to the failure classifier).
+    """
+    try:
+        yield
+    except StoicError:
+        raise
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+            psycopg.errors.SerializationFailure) as exc:
+        raise LockNotAvailable(f"PostgreSQL: {exc}".strip()) from exc
+    except psycopg.errors.QueryCanceled as exc:
+        raise OperationTimeout(f"PostgreSQL cancelled a statement: {exc}".strip()) from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailable(f"PostgreSQL unavailable: {exc}".strip()) from exc
+    except PoolTimeout as exc:
+        raise StoreUnavailable(f"PostgreSQL unavailable: no connection in time: {exc}") from exc
+
+
+def parse_postgres_url(url: str) -> tuple[str, dict[str, str]]:
+    """Splits Stoic's own options (``schema``, ``max_event_bytes``, ``pool_size``)
+    from a postgresql URL; returns the driver's conninfo and those options."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    options = {k: v for k, v in query if k in _STOIC_OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _STOIC_OPTIONS]
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment))
+    return conninfo, options
+
+
+_QMARK = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|\?|%)""")
+_translated: dict[str, str] = {}
+
+
+def qmark_to_pyformat(query: str) -> str:
+    """Rewrites ``?`` placeholders to psycopg's ``%s`` (and ``%`` to ``%%``),
+    leaving quoted strings and comments alone, so handlers write one SQL for
+    both backends. Cached: handlers repeat the same few statements."""
+    cached = _translated.get(query)
+    if cached is None:
+
+        def swap(match: re.Match[str]) -> str:
+            token = match.group(0)
+            return "%s" if token == "?" else "%%" if token == "%" else token
+
+        cached = _translated[query] = _QMARK.sub(swap, query)
+    return cached
+
+
+class PostgresTransaction:
+    """The handle a handler writes through: the batch's connection, pipelined."""
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+        self.dialect = "postgresql"
+
+    def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.connection.execute(qmark_to_pyformat(query), params or None)  # type: ignore[arg-type]
+
+    def executemany(self, query: str, params_seq: Sequence[Sequence[Any]]) -> None:
+        with self.connection.cursor() as cur:
+            cur.executemany(qmark_to_pyformat(query), params_seq)  # type: ignore[arg-type]
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a purpose within a schema."""
+    digest = hashlib.blake2b(":".join(("stoic",) + parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PostgresStore:
+    """The event store on a PostgreSQL database.
+
+    Parameters
+    ----------
+    url:
+        ``postgresql://user@host:port/db``; Stoic's query options are
+        ``schema`` (default ``public``), ``max_event_bytes`` and ``pool_size``;
+        the others go to the driver.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        max_event_bytes: int | None = None,
+        pool_size: int | None = None,
+        poll_interval: float = POLL_INTERVAL_S,
+    ) -> None:
+        self.url = url
+        conninfo, options = parse_postgres_url(url)
+        self.schema = schema or options.get("schema", "public")
+        if not _SCHEMA_NAME.match(self.schema):
+            raise ConfigurationError(f"invalid schema name {self.schema!r}", schema=self.schema)
+        self.max_event_bytes = int(max_event_bytes or options.get("max_event_bytes", MAX_EVENT_BYTES))
+        self.poll_interval = poll_interval
+        self.conninfo = make_conninfo(
+            conninfo,
+            options=f"-c search_path={self.schema} "
+            f"-c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)}",
+            application_name="stoic",
+            connect_timeout=int(CONNECT_TIMEOUT_S),
+        )
+        self.channel = f"stoic_events.{self.schema}"
+        self._append_key = _lock_key(self.schema, "append")
+        self._head_cond = threading.Condition()
+        self._known_head = 0
+        self._listening = False
+        self._listener: threading.Thread | None = None
+        self._closed = False
+        self._migrate()
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=int(pool_size or options.get("pool_size", POOL_SIZE)),
+            open=True,
+            name=f"stoic-{self.schema}",
+            timeout=CONNECT_TIMEOUT_S,
+            kwargs={"autocommit": True},
+        )
+
+    # -- connections -------------------------------------------------------------
+
+    def connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """Opens a new dedicated connection with the store's settings."""
+        with translate_errors():
+            return psycopg.connect(self.conninfo, autocommit=autocommit)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        with translate_errors(), self._pool.connection() as conn:
+            yield conn
+
+    def _read(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        for attempt in (1, 2):
+            try:
+                with self._connection() as conn:
+                    return conn.execute(query, params or None, prepare=True).fetchall()  # type: ignore[arg-type]
+            except StoreUnavailable:
+                # A pooled connection may have died with a server restart; a read is
+                # safe to try once more on a fresh one.
+                if attempt == 2:
+                    raise
+                self._pool.check()
+        raise AssertionError("unreachable")
+
+    def _migrate(self) -> None:
+        with self.connect(autocommit=False) as conn, translate_errors():
+            conn.execute(Q["migrate_lock"], (_lock_key(self.schema, "migrate"),))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS stoic_schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            current = conn.execute(Q["schema_version"]).fetchone()[0]  # type: ignore[index]
+            if current > len(MIGRATIONS):
+                raise SchemaError(
+                    f"database schema version {current} is newer than this Stoic "
+                    f"(knows {len(MIGRATIONS)}); upgrade Stoic",
+                    current=current,
+                )
+            for migration in MIGRATIONS[current:]:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)  # type: ignore[call-overload]
+                conn.execute(Q["record_migration"], (migration.version, migration.name))
+            conn.commit()
+
+    def schema_version(self) -> int:
+        """Returns the highest migration applied to this schema."""
+        return int(self._read(Q["schema_version"])[0][0])
+
+    # -- appending ----------------------------------------------------------------
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
+    ) -> AppendResult:
+        """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
+        validate_stream_id(stream_id)
+        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
+
+    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
+        """Appends to several streams in one transaction: all or nothing."""
+        return self._append(prepare_append(items, self.max_event_bytes))
+
+    def _append(self, prepared: list[PreparedAppend]) -> list[AppendResult]:
+        streams = json.dumps([[item.stream_id, expected_as_int(item.expected)] for item in prepared])
+        parts = []
+        for ordinal, item in enumerate(prepared, 1):
+            for n, e in enumerate(item.events, 1):
+                parts.append(
+                    f'[{ordinal},{n},"{e.event_id}",{json.dumps(e.type)},{e.data},{e.metadata or "null"}]'
+                )
+        params = {"streams": streams, "events": "[" + ",".join(parts) + "]"}
+        total = len(parts)
+        for attempt in (1, 2):
+            try:
+                rows = self._execute_append(params)
+                break
+            except StoreUnavailable:
+                # The commit may or may not have happened. Retrying is safe: the same
+                # event ids make a repeated append return the stored result.
+                if attempt == 2:
+                    raise
+                self._pool.check()
+            except psycopg.errors.UniqueViolation as exc:
+                replay = self._stored_results(prepared)
+                if replay is not None:
+                    return replay
+                raise DuplicateEventId(f"an event id of this append is already stored: {exc}") from exc
+        versions = {prepared[ordinal - 1].stream_id: version for kind, ordinal, version in rows if kind == 0}
+        first_position, inserted = next((o, v) for kind, o, v in rows if kind == 1)
+        if inserted != total:
+            replay = self._stored_results(prepared) if total else None
+            if replay is not None:
+                return replay
+            raise first_mismatch(prepared, versions) or AssertionError("append inserted nothing")
+        results, position = [], first_position
+        for item in prepared:
+            count = len(item.events)
+            positions = tuple(range(position, position + count))
+            results.append(AppendResult(item.stream_id, versions[item.stream_id] + count, positions))
+            position += count
+        if total:
+            self._announce(position - 1)
+        return results
+
+    def _execute_append(self, params: dict[str, str]) -> list[tuple[int, int, int]]:
+        with self._connection() as conn:
+            # One round trip: begin, lock, insert, notify and commit are pipelined.
+            with conn.pipeline(), conn.transaction():
+                conn.execute(Q["append_lock"], (self._append_key,), prepare=True)
+                cur = conn.execute(Q["append"], params, prepare=True)
+                conn.execute(Q["notify"], (self.channel,), prepare=True)
+            return cur.fetchall()
+
+    def _stored_results(self, prepared: list[PreparedAppend]) -> list[AppendResult] | None:
+        ids = [e.event_id for item in prepared for e in item.events]
+        rows = self._read(Q["events_by_id"], (ids,))
+        versions = {item.stream_id: self.stream_version(item.stream_id) for item in prepared}
+        return stored_results(prepared, {row[0]: tuple(row) for row in rows}, versions)  # type: ignore[misc]
+
+    # -- reading ------------------------------------------------------------------
+
+    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
+        """Returns committed events after a global position, in global order."""
+        check_read_args(after, limit)
+        return [RecordedEvent(*row) for row in self._read(Q["read_all"], (after, limit))]
+
+    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Iterates over every committed event after a position."""
+        while True:
+            batch = self.read_all(after, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].position
+
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Returns a stream's events from a version on."""
+        validate_stream_id(stream_id, where="read_stream")
+        check_read_args(from_version, limit if limit is not None else 1)
+        rows = self._read(Q["read_stream"], (stream_id, from_version, limit))
+        return [RecordedEvent(*row) for row in rows]
+
+    def head(self) -> int:
+        """Returns the last committed global position."""
+        return int(self._read(Q["head"])[0][0])
+
+    def stream_version(self, stream_id: str) -> int:
+        """Returns a stream's current version (0 when it does not exist)."""
+        return int(self._read(Q["stream_version"], (stream_id,))[0][0])
+
+    # -- waiting for appends: LISTEN/NOTIFY with a polling fallback ------------------
+
+    def _announce(self, head: int) -> None:
+        with self._head_cond:
+            if head > self._known_head:
+                self._known_head = head
+            self._head_cond.notify_all()
+
+    def wait_for_append(self, after: int, timeout: float) -> bool:
+        """Blocks until a NOTIFY says the head is past ``after``. While the
+        listener is down it sleeps ``poll_interval`` and returns True, so the
+        caller polls instead."""
+        if self._listener is None:
+            self._start_listener()
+            return True
+        deadline = time.monotonic() + timeout
+        with self._head_cond:
+            while self._known_head <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                if not self._listening:
+                    self._head_cond.wait(min(remaining, self.poll_interval))
+                    return True
+                self._head_cond.wait(remaining)
+        return True
+
+    def _start_listener(self) -> None:
+        ready = threading.Event()
+        with self._head_cond:
+            if self._listener is not None:
+                return
+            self._listener = threading.Thread(
+                target=self._listen, args=(ready,), name="stoic-pg-listener", daemon=True
+            )
+            self._listener.start()
+        # Events committed before LISTEN took effect are found by the caller's next read.
+        ready.wait(CONNECT_TIMEOUT_S)
+
+    def _listen(self, ready: threading.Event) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self._listening, delay = True, 0.1
+                    ready.set()
+                    self._announce(0)  # wake waiters: they may have missed commits meanwhile
+                    while not self._closed:
+                        for notify in conn.notifies(timeout=1.0):
+                            self._announce(int(notify.payload or 0))
+            except (psycopg.Error, ValueError):
+                self._listening = False
+                ready.set()
+                self._announce(0)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._listening = False
+
+    # -- projections and workers ------------------------------------------------------
+
+    def open_session(self) -> PostgresSession:
+        """Opens a dedicated connection for one projection runner."""
+        return PostgresSession(self)
+
+    def _write(self, query: str, params: Sequence[Any]) -> int:
+        with self._connection() as conn:
+            return conn.execute(query, params, prepare=True).rowcount  # type: ignore[arg-type]
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, ttl: float) -> None:
+        """Records a worker as alive for ``ttl`` seconds."""
+        self._write(Q["register_worker"], (worker_id, hostname, pid, ttl))
+
+    def heartbeat(self, worker_id: str, ttl: float) -> bool:
+        """Extends a worker's life; False if its row is gone."""
+        return self._write(Q["heartbeat"], (ttl, worker_id)) == 1
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Removes a worker and frees the projections it held."""
+        with self._connection() as conn, conn.transaction():
+            conn.execute(Q["release_worker_projections"], (worker_id,))
+            conn.execute(Q["unregister_worker"], (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Returns every registered worker, alive or not."""
+        return [WorkerInfo(*row) for row in self._read(Q["workers"])]
+
+    def projections(self) -> list[ProjectionState]:
+        """Returns the state of every known projection."""
+        return [ProjectionState(*row) for row in self._read(Q["projections"])]
+
+    def close(self) -> None:
+        """Closes the pool and stops the listener."""
+        self._closed = True
+        with self._head_cond:
+            self._head_cond.notify_all()
+        self._pool.close()
+        if self._listener is not None:
+            self._listener.join(timeout=3)
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self.schema!r})"
+
+
+class PostgresSession:
+    """One projection runner's connection: autocommit, with explicit batch transactions."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.conn = store.connect(autocommit=True)
+
+    def ensure_projection(self, name: str) -> None:
+        with translate_errors():
+            self.conn.execute(Q["ensure_projection"], (name,))
+
+    def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
+        with translate_errors(), self.conn.transaction():
+            self.conn.execute(Q["setup_lock"], (_lock_key(self.store.schema, "setup", name),))
+            setup(PostgresTransaction(self.conn))
+
+    def claim(self, name: str, worker_id: str) -> Lease | None:
+        with translate_errors():
+            row = self.conn.execute(Q["claim_projection"], {"worker": worker_id, "name": name}).fetchone()
+        return None if row is None else Lease(name, worker_id, row[0], row[1])
+
+    def release(self, lease: Lease) -> None:
+        with translate_errors():
+            self.conn.execute(Q["release_projection"], (lease.projection, lease.worker_id, lease.epoch))
+
+    def read_all(self, after: int, limit: int) -> list[RecordedEvent]:
+        with translate_errors():
+            rows = self.conn.execute(Q["read_all"], (after, limit), prepare=True).fetchall()
+        return [RecordedEvent(*row) for row in rows]
+
+    def apply_batch(
+        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
+    ) -> None:
+        params = {"end": end, "count": count, "name": lease.projection, "start": start,
+                  "worker": lease.worker_id, "epoch": lease.epoch}
+        with translate_errors(), self.conn.transaction():
+            # Handler writes are pipelined: they do not wait for a round trip each.
+            with self.conn.pipeline():
+                apply(PostgresTransaction(self.conn))
+                cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
+            if cur.rowcount != 1:
+                raise LeaseLost(
+                    f"projection {lease.projection!r}: checkpoint is no longer at {start} under "
+                    f"epoch {lease.epoch}; batch rolled back",
+                    projection=lease.projection,
+                )
+
+    def checkpoint(self, name: str) -> int:
+        with translate_errors():
+            row = self.conn.execute(Q["checkpoint"], (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()

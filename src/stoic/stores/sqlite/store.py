@@ -1,0 +1,509 @@
+"""SQLite event store: WAL mode, ``synchronous=FULL`` by default, one writer.
+
+Invariant: every write transaction starts with ``BEGIN IMMEDIATE``, so writers
+are serialised by SQLite's write lock and a position is assigned (max + 1)
+by the only transaction that can commit next. Positions therefore follow commit
+order with no gaps, and a reader can never skip an event.
+
+An in-memory database (``sqlite://:memory:``) is one connection shared by all
+threads behind a lock, because each ``:memory:`` connection is its own database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from stoic.errors import (
+    ConfigurationError,
+    DuplicateEventId,
+    LeaseLost,
+    LockNotAvailable,
+    SchemaError,
+    StoicError,
+    StoreUnavailable,
+)
+from stoic.events import (
+    ANY,
+    MAX_EVENT_BYTES,
+    AppendResult,
+    Expected,
+    NewEvent,
+    RecordedEvent,
+    validate_stream_id,
+)
+from stoic.store import AppendItem, Lease, ProjectionState, Transaction, WorkerInfo
+from stoic.stores._common import (
+    PreparedAppend,
+    check_read_args,
+    first_mismatch,
+    has_client_ids,
+    load_migrations,
+    load_queries,
+    prepare_append,
+    split_statements,
+    stored_results,
+    version_matches,
+)
+
+Q = load_queries("stoic.stores.sqlite")
+MIGRATIONS = load_migrations("stoic.stores.sqlite")
+
+BUSY_TIMEOUT_S = 10.0  #: how long a writer waits for SQLite's write lock, seconds
+POLL_INTERVAL_S = 0.001  #: how often a waiting runner checks for commits by other processes, seconds
+DEAD_WORKER_GRACE_S = 3600.0  #: expired worker rows are deleted after this long, seconds
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Maps sqlite3 errors to Stoic's error tree, most specific first."""
+    try:
+        yield
+    except StoicError:
+        raise
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        lowered = message.lower()
+        if "locked" in lowered or "busy" in lowered:
+            raise LockNotAvailable(f"SQLite: {message}") from exc
+        if "readonly" in lowered or "read-only" in lowered:
+            raise StoreUnavailable(f"SQLite database is read-only: {message}") from exc
+        if "full" in lowered:
+            raise StoreUnavailable(f"SQLite: disk is full: {message}") from exc
+        raise StoreUnavailable(f"SQLite: {message}") from exc
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise
+        raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+
+def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
+    """Returns the file path (or ``:memory:``) and query options of a sqlite URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}", url=url)
+    options = dict(parse_qsl(parts.query))
+    if parts.netloc == ":memory:" or parts.path in ("/:memory:", ":memory:"):
+        return ":memory:", options
+    if parts.netloc:
+        raise ConfigurationError(
+            f"sqlite URL {url!r} has a host; use sqlite:///relative/path or sqlite:////absolute/path",
+            url=url,
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not path:
+        raise ConfigurationError(f"sqlite URL {url!r} names no file", url=url)
+    return path, options
+
+
+class SQLiteTransaction:
+    """The handle a handler writes through: the batch's own connection."""
+
+    __slots__ = ("execute", "executemany", "dialect", "connection")
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.execute = connection.execute
+        self.executemany = connection.executemany
+        self.dialect = "sqlite"
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+class SQLiteStore:
+    """The event store on one SQLite file (or in memory).
+
+    Parameters
+    ----------
+    url:
+        ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``;
+        query options ``synchronous=full|normal`` and ``max_event_bytes=N``.
+    synchronous:
+        ``"full"`` (default: an append that returned survives power loss) or
+        ``"normal"`` (faster; the last commits may be lost on power loss, never
+        corrupted). See docs/guarantees.md.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_event_bytes: int | None = None,
+        synchronous: str | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_S,
+        poll_interval: float = POLL_INTERVAL_S,
+    ) -> None:
+        self.url = url
+        self.path, options = parse_sqlite_url(url)
+        self.max_event_bytes = int(max_event_bytes or options.get("max_event_bytes", MAX_EVENT_BYTES))
+        self.synchronous = (synchronous or options.get("synchronous", "full")).upper()
+        if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigurationError(
+                f"synchronous must be full, normal or extra, got {self.synchronous.lower()!r}"
+            )
+        self.busy_timeout = busy_timeout
+        self.poll_interval = float(options.get("poll_interval", poll_interval))
+        self.memory = self.path == ":memory:"
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._shared: sqlite3.Connection | None = None
+        # One connection for :memory:, so every user of it must take this lock.
+        self._memory_lock = threading.RLock()
+        self._head_cond = threading.Condition()
+        self._known_head = 0
+        self._poller: threading.Thread | None = None
+        self._closed = False
+        if not self.memory:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                raise ConfigurationError(f"directory {directory!r} of the SQLite file does not exist")
+        self._migrate()
+
+    # -- connections -------------------------------------------------------------
+
+    def _new_connection(self) -> sqlite3.Connection:
+        with translate_errors():
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout,
+                cached_statements=256,
+            )
+            if not self.memory:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA cache_size = -65536")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        """Returns this thread's connection (the shared one for :memory:)."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if self.memory:
+            if self._shared is None:
+                self._shared = self._new_connection()
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._new_connection()
+        return conn
+
+    def guard(self) -> contextlib.AbstractContextManager[Any]:
+        """Serialises use of the shared in-memory connection; a no-op for files."""
+        return self._memory_lock if self.memory else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        with self.guard(), translate_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.guard(), translate_errors():
+            return self._conn().execute(sql, params).fetchall()
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        with self.write_transaction(conn):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS stoic_schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = conn.execute(Q["schema_version"]).fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise SchemaError(
+                    f"database schema version {current} is newer than this Stoic "
+                    f"(knows {len(MIGRATIONS)}); upgrade Stoic",
+                    current=current,
+                )
+            for migration in MIGRATIONS[current:]:
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(Q["record_migration"], (migration.version, migration.name, time.time()))
+
+    def schema_version(self) -> int:
+        """Returns the highest migration applied to this database."""
+        return int(self._read(Q["schema_version"])[0][0])
+
+    # -- appending ----------------------------------------------------------------
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
+    ) -> AppendResult:
+        """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
+        validate_stream_id(stream_id)
+        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
+
+    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
+        """Appends to several streams in one transaction: all or nothing."""
+        return self._append(prepare_append(items, self.max_event_bytes))
+
+    def _append(self, prepared: list[PreparedAppend]) -> list[AppendResult]:
+        conn = self._conn()
+        mismatch = None
+        try:
+            with self.write_transaction(conn):
+                head = conn.execute(Q["head"]).fetchone()[0]
+                now = time.time()
+                rows: list[tuple[Any, ...]] = []
+                results: list[AppendResult] = []
+                for item in prepared:
+                    current = conn.execute(Q["stream_version"], (item.stream_id,)).fetchone()[0]
+                    if not version_matches(item.expected, current):
+                        mismatch = first_mismatch([item], {item.stream_id: current})
+                        raise mismatch  # type: ignore[misc]
+                    positions = range(head + 1, head + 1 + len(item.events))
+                    for offset, event in enumerate(item.events):
+                        rows.append(
+                            (head + 1 + offset, item.stream_id, current + 1 + offset,
+                             event.event_id, event.type, event.data, event.metadata, now)
+                        )
+                    head += len(item.events)
+                    results.append(AppendResult(item.stream_id, current + len(item.events), tuple(positions)))
+                conn.executemany(Q["insert_event"], rows)
+        except sqlite3.IntegrityError as exc:
+            replay = self._stored_results(prepared)
+            if replay is not None:
+                return replay
+            raise DuplicateEventId(f"an event id of this append is already stored: {exc}") from exc
+        except StoicError as exc:
+            if exc is mismatch and has_client_ids(prepared):
+                replay = self._stored_results(prepared)
+                if replay is not None:
+                    return replay
+            raise
+        self._announce(head)
+        return results
+
+    def _stored_results(self, prepared: list[PreparedAppend]) -> list[AppendResult] | None:
+        ids = [e.event_id for item in prepared for e in item.events]
+        rows = self._read(Q["events_by_id"], (json.dumps(ids),))
+        versions = {item.stream_id: self.stream_version(item.stream_id) for item in prepared}
+        return stored_results(prepared, {row[0]: tuple(row) for row in rows}, versions)  # type: ignore[misc]
+
+    # -- reading ------------------------------------------------------------------
+
+    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
+        """Returns committed events after a global position, in global order."""
+        check_read_args(after, limit)
+        return [RecordedEvent(*row) for row in self._read(Q["read_all"], (after, limit))]
+
+    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Iterates over every committed event after a position."""
+        while True:
+            batch = self.read_all(after, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].position
+
+    def read_stream(
+        self, stream_id: str, from_version: int = 1, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Returns a stream's events from a version on."""
+        validate_stream_id(stream_id, where="read_stream")
+        check_read_args(from_version, limit if limit is not None else 1)
+        rows = self._read(Q["read_stream"], (stream_id, from_version, -1 if limit is None else limit))
+        return [RecordedEvent(*row) for row in rows]
+
+    def head(self) -> int:
+        """Returns the last committed global position."""
+        return int(self._read(Q["head"])[0][0])
+
+    def stream_version(self, stream_id: str) -> int:
+        """Returns a stream's current version (0 when it does not exist)."""
+        return int(self._read(Q["stream_version"], (stream_id,))[0][0])
+
+    # -- waiting for appends ----------------------------------------------------
+
+    def _announce(self, head: int) -> None:
+        with self._head_cond:
+            if head > self._known_head:
+                self._known_head = head
+            self._head_cond.notify_all()
+
+    def wait_for_append(self, after: int, timeout: float) -> bool:
+        """Blocks until the head may be past ``after``: at once for appends in this
+        process, within ``poll_interval`` for appends by other processes."""
+        if self._poller is None:
+            self._start_poller()
+            return True
+        deadline = time.monotonic() + timeout
+        with self._head_cond:
+            while self._known_head <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._head_cond.wait(remaining)
+        return True
+
+    def _start_poller(self) -> None:
+        with self._head_cond:
+            if self._poller is not None:
+                return
+            self._poller = threading.Thread(target=self._poll, name="stoic-sqlite-poller", daemon=True)
+            self._poller.start()
+
+    def _poll(self) -> None:
+        """Watches for commits by other connections (PRAGMA data_version is cheap)."""
+        conn = None if self.memory else self._new_connection()
+        last_version = None
+        while not self._closed:
+            try:
+                if conn is not None:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version != last_version:
+                        last_version = version
+                        self._announce(conn.execute(Q["head"]).fetchone()[0])
+            except sqlite3.Error:
+                pass  # the next round tries again; waiters time out meanwhile
+            time.sleep(self.poll_interval if conn is not None else 0.5)
+
+    # -- projections and workers ------------------------------------------------------
+
+    def open_session(self) -> SQLiteSession:
+        """Opens a dedicated connection for one projection runner."""
+        return SQLiteSession(self)
+
+    def register_worker(self, worker_id: str, hostname: str, pid: int, ttl: float) -> None:
+        """Records a worker as alive for ``ttl`` seconds."""
+        now = time.time()
+        conn = self._conn()
+        with self.write_transaction(conn):
+            conn.execute(Q["forget_dead_workers"], (now - DEAD_WORKER_GRACE_S,))
+            conn.execute(Q["register_worker"], (worker_id, hostname, pid, now, now, now + ttl))
+
+    def heartbeat(self, worker_id: str, ttl: float) -> bool:
+        """Extends a worker's life; False if its row is gone."""
+        now = time.time()
+        conn = self._conn()
+        with self.write_transaction(conn):
+            return conn.execute(Q["heartbeat"], (now, now + ttl, worker_id)).rowcount == 1
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Removes a worker and frees the projections it held."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            conn.execute(Q["release_worker_projections"], (worker_id,))
+            conn.execute(Q["unregister_worker"], (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Returns every registered worker, alive or not."""
+        now = time.time()
+        return [
+            WorkerInfo(w, h, p, _ts(s), _ts(hb), _ts(e), e > now)  # type: ignore[arg-type]
+            for (w, h, p, s, hb, e) in self._read(Q["workers"])
+        ]
+
+    def projections(self) -> list[ProjectionState]:
+        """Returns the state of every known projection."""
+        return [
+            ProjectionState(n, p, c, h, bool(a), e, _ts(u))
+            for (n, p, c, h, a, e, u) in self._read(Q["projections"], (time.time(),))
+        ]
+
+    def close(self) -> None:
+        """Closes every connection this store opened."""
+        self._closed = True
+        with self._head_cond:
+            self._head_cond.notify_all()
+        if self._poller is not None:
+            self._poller.join(timeout=2)
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+
+class SQLiteSession:
+    """One projection runner's connection to a SQLite store."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.conn = store._conn() if store.memory else store._new_connection()
+
+    def ensure_projection(self, name: str) -> None:
+        with self.store.write_transaction(self.conn):
+            self.conn.execute(Q["ensure_projection"], (name, time.time()))
+
+    def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
+        with self.store.write_transaction(self.conn):
+            setup(SQLiteTransaction(self.conn))
+
+    def claim(self, name: str, worker_id: str) -> Lease | None:
+        with self.store.write_transaction(self.conn):
+            row = self.conn.execute(
+                Q["claim_projection"], {"worker": worker_id, "now": time.time(), "name": name}
+            ).fetchone()
+        return None if row is None else Lease(name, worker_id, row[0], row[1])
+
+    def release(self, lease: Lease) -> None:
+        with self.store.write_transaction(self.conn):
+            self.conn.execute(Q["release_projection"], (lease.projection, lease.worker_id, lease.epoch))
+
+    def read_all(self, after: int, limit: int) -> list[RecordedEvent]:
+        with self.store.guard(), translate_errors():
+            rows = self.conn.execute(Q["read_all"], (after, limit)).fetchall()
+        return [RecordedEvent(*row) for row in rows]
+
+    def apply_batch(
+        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
+    ) -> None:
+        with self.store.write_transaction(self.conn):
+            apply(SQLiteTransaction(self.conn))
+            moved = self.conn.execute(
+                Q["advance_checkpoint"],
+                {"end": end, "count": count, "now": time.time(), "name": lease.projection,
+                 "start": start, "worker": lease.worker_id, "epoch": lease.epoch},
+            ).rowcount
+            if moved != 1:
+                raise LeaseLost(
+                    f"projection {lease.projection!r}: checkpoint is no longer at {start} under "
+                    f"epoch {lease.epoch}; batch rolled back",
+                    projection=lease.projection,
+                )
+
+    def checkpoint(self, name: str) -> int:
+        with self.store.guard(), translate_errors():
+            row = self.conn.execute(Q["checkpoint"], (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        if not self.store.memory:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+
