@@ -153,6 +153,10 @@ class Store(Protocol):
     def stream_version(self, stream_id: str) -> int:
         """Returns a stream's current version (0 when it does not exist)."""
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Runs one statement (``?`` placeholders) in its own transaction and returns
+        its rows: for reading read models from scripts and tests."""
+
     def wait_for_append(self, after: int, timeout: float) -> bool:
         """Blocks until an event after ``after`` may be committed, or the timeout
         passes; returns False on timeout. May wake spuriously."""

@@ -349,6 +349,12 @@ class PostgresStore:
         """Returns a stream's current version (0 when it does not exist)."""
         return int(self._read(Q["stream_version"], (stream_id,))[0][0])
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Runs one statement (``?`` placeholders) and returns its rows."""
+        with self._connection() as conn:
+            cur = conn.execute(qmark_to_pyformat(sql), params or None)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
     # -- waiting for appends: LISTEN/NOTIFY with a polling fallback ------------------
 
     def _announce(self, head: int) -> None:

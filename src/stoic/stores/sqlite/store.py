@@ -338,6 +338,15 @@ class SQLiteStore:
         """Returns a stream's current version (0 when it does not exist)."""
         return int(self._read(Q["stream_version"], (stream_id,))[0][0])
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Runs one statement (``?`` placeholders) and returns its rows."""
+        with self.guard(), translate_errors():
+            conn = self._conn()
+            rows = conn.execute(sql, params).fetchall()
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            return rows
+
     # -- waiting for appends ----------------------------------------------------
 
     def _announce(self, head: int) -> None:

@@ -1,0 +1,3 @@
+from stoic.cli import main
+
+main()
