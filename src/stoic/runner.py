@@ -180,24 +180,22 @@ class Runner:
         self.claim_interval = claim_interval
         self.batch_size = batch_size
         self._stop = threading.Event()
-        self._registered = False
         self._heartbeat_thread: threading.Thread | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._release: dict[str, threading.Event] = {}
 
     # -- worker identity --------------------------------------------------------------
 
-    def _register(self) -> None:
+    def _register(self, stop: threading.Event) -> None:
         self.store.register_worker(self.worker_id, socket.gethostname(), os.getpid(), self.lease_ttl)
-        self._registered = True
         self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name=f"stoic-heartbeat-{self.worker_id}", daemon=True
+            target=self._heartbeat_loop, args=(stop,), name=f"stoic-heartbeat-{self.worker_id}", daemon=True
         )
         self._heartbeat_thread.start()
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
         interval = self.lease_ttl / 3
-        while not self._stop.wait(interval) and self._registered:
+        while not stop.wait(interval):
             try:
                 if not self.store.heartbeat(self.worker_id, self.lease_ttl):
                     self.store.register_worker(
@@ -208,7 +206,9 @@ class Runner:
                     "action": "heartbeat_failed", "worker": self.worker_id})
 
     def _unregister(self) -> None:
-        self._registered = False
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()
+            self._heartbeat_thread = None
         try:
             self.store.unregister_worker(self.worker_id)
         except StoicError as exc:
@@ -227,9 +227,8 @@ class Runner:
         unreachable.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        stop_heartbeat = self._stop
-        self._stop = threading.Event()
-        self._register()
+        stop_heartbeat = threading.Event()
+        self._register(stop_heartbeat)
         positions: dict[str, int] = {}
         try:
             for projection in self.projections:
@@ -240,9 +239,8 @@ class Runner:
                 finally:
                     runner.release()
         finally:
-            self._stop.set()
+            stop_heartbeat.set()
             self._unregister()
-            self._stop = stop_heartbeat
         return positions
 
     def _acquire_blocking(self, runner: ProjectionRunner, deadline: float | None) -> None:
@@ -287,7 +285,7 @@ class Runner:
         """Runs as a worker until :meth:`stop`: takes a fair share of the
         projections, runs each in a thread, rebalances as workers come and go."""
         self._stop.clear()
-        self._register()
+        self._register(self._stop)
         log.info("worker started", extra={"action": "worker_started", "worker": self.worker_id,
                                           "projections": [p.name for p in self.projections]})
         try:

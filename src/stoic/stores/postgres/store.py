@@ -127,7 +127,9 @@ class PostgresTransaction:
         self.dialect = "postgresql"
 
     def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self.connection.execute(qmark_to_pyformat(query), params or None)  # type: ignore[arg-type]
+        if not params:
+            return self.connection.execute(query)  # type: ignore[arg-type]
+        return self.connection.execute(qmark_to_pyformat(query), params)  # type: ignore[arg-type]
 
     def executemany(self, query: str, params_seq: Sequence[Sequence[Any]]) -> None:
         with self.connection.cursor() as cur:
@@ -352,7 +354,10 @@ class PostgresStore:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Runs one statement (``?`` placeholders) and returns its rows."""
         with self._connection() as conn:
-            cur = conn.execute(qmark_to_pyformat(sql), params or None)  # type: ignore[arg-type]
+            if params:
+                cur = conn.execute(qmark_to_pyformat(sql), params)  # type: ignore[arg-type]
+            else:
+                cur = conn.execute(sql)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
     # -- waiting for appends: LISTEN/NOTIFY with a polling fallback ------------------

@@ -1,0 +1,47 @@
+-- The current full Stoic schema for postgres: what all migrations together create.
+-- Kept in step with migrations/ by a test; read this file, change migrations/.
+
+CREATE TABLE stoic_schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL
+);
+
+-- position is assigned as max(position) + n while the appending transaction
+-- holds a transaction-level advisory lock until it commits, so positions are
+-- gap-free and follow commit order: a reader never skips an event (docs/ordering.md).
+CREATE TABLE stoic_events (
+    position    BIGINT      PRIMARY KEY,
+    stream_id   TEXT        NOT NULL,
+    version     BIGINT      NOT NULL,
+    event_id    UUID        NOT NULL,
+    type        TEXT        NOT NULL,
+    data        JSONB       NOT NULL,
+    metadata    JSONB,
+    recorded_at TIMESTAMPTZ NOT NULL,
+    CONSTRAINT stoic_events_stream_version UNIQUE (stream_id, version),
+    CONSTRAINT stoic_events_event_id UNIQUE (event_id)
+);
+
+-- One row per projection: its checkpoint and its lease (holder + fencing epoch).
+CREATE TABLE stoic_projections (
+    name             TEXT        PRIMARY KEY,
+    position         BIGINT      NOT NULL DEFAULT 0,
+    events_processed BIGINT      NOT NULL DEFAULT 0,
+    holder           TEXT,
+    epoch            BIGINT      NOT NULL DEFAULT 0,
+    held_since       TIMESTAMPTZ,
+    updated_at       TIMESTAMPTZ,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Worker processes; a worker is alive while expires_at is in the future
+-- (the database's clock decides, so workers on several machines agree).
+CREATE TABLE stoic_workers (
+    worker_id    TEXT        PRIMARY KEY,
+    hostname     TEXT        NOT NULL,
+    pid          INTEGER     NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    expires_at   TIMESTAMPTZ NOT NULL
+);
