@@ -8,6 +8,7 @@ only when a handler asks for them.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from stoic.errors import EventTooLarge, InvalidEvent
 MAX_EVENT_BYTES: Final = 1024 * 1024  #: default size limit of one event's data + metadata, bytes
 MAX_STREAM_ID_CHARS: Final = 200  #: longest stream id accepted
 MAX_TYPE_CHARS: Final = 200  #: longest event type accepted
+MAX_INT64: Final = 2**63 - 1  #: largest version or position a backend can store
+# A JSON \u0000 escape (an odd run of backslashes before u0000): PostgreSQL cannot store NUL.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class ExpectedVersion(Enum):
@@ -181,9 +185,24 @@ def _encode_json(value: object, what: str, where: str) -> str:
             where=where,
         )
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"{where}: {what} is not JSON-serialisable: {exc}", where=where) from exc
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise InvalidEvent(f"{where}: {what} contains a NUL character (\\u0000), which cannot be stored",
+                           where=where)
+    _check_text(text, what, where)
+    return text
+
+
+def _check_text(value: str, what: str, where: str) -> None:
+    """Rejects strings no backend can store the same way: NUL, lone surrogates."""
+    if "\x00" in value:
+        raise InvalidEvent(f"{where}: {what} contains a NUL character, which cannot be stored", where=where)
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(f"{where}: {what} is not valid Unicode: {exc}", where=where) from exc
 
 
 def validate_stream_id(stream_id: object, where: str = "append") -> str:
@@ -195,6 +214,7 @@ def validate_stream_id(stream_id: object, where: str = "append") -> str:
             f"{where}: stream id is {len(stream_id)} characters long, the limit is {MAX_STREAM_ID_CHARS}",
             where=where,
         )
+    _check_text(stream_id, "stream id", where)
     return stream_id
 
 
@@ -202,7 +222,7 @@ def validate_expected(expected: object, where: str) -> Expected:
     """Returns ``expected`` if it is a version (int >= 0), NO_STREAM or ANY."""
     if isinstance(expected, ExpectedVersion):
         return expected
-    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+    if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= MAX_INT64:
         raise InvalidEvent(
             f"{where}: expected_version must be an int >= 0, stoic.NO_STREAM or stoic.ANY, got {expected!r}",
             where=where,
@@ -229,6 +249,7 @@ def encode_events(
                 f"{at}: event type is {len(event.type)} characters long, the limit is {MAX_TYPE_CHARS}",
                 where=at,
             )
+        _check_text(event.type, "event type", at)
         at = f"{at} ({event.type})"
         data = _encode_json(event.data, "data", at)
         metadata = None if event.metadata is None else _encode_json(event.metadata, "metadata", at)

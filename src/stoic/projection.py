@@ -14,6 +14,15 @@ from typing import Any, ClassVar, Final, TypeVar
 
 from stoic.errors import ConfigurationError, UnknownProjection
 from stoic.events import RecordedEvent
+from stoic.failures import (
+    BreakerPolicy,
+    Classifier,
+    FailurePolicy,
+    OnError,
+    RetryPolicy,
+    RetrySchedule,
+    parse_on_error,
+)
 from stoic.store import Transaction
 
 ALL: Final = "*"  #: pass to :func:`handles` to receive every event type
@@ -52,11 +61,27 @@ class Projection:
 
     Subclasses set ``name`` (stable: it keys the checkpoint) and write handlers
     ``def on_x(self, event, tx)``. ``batch_size`` bounds how many events one
-    transaction applies.
+    transaction applies. The failure settings have production defaults:
+
+    - ``on_error``: ``"park"`` (record the failure, park later events of the same
+      stream behind it, go on with other streams), ``"halt"`` (stop the
+      projection at the failing event) or ``"skip"`` (record it and go on);
+    - ``retry_policy``: in-process retries of transient errors (back-off with
+      jitter; after ``max_attempts`` in a row the circuit breaker opens);
+    - ``retry_schedule``: background retries of a permanent failure, then dead;
+    - ``breaker_policy``: the breaker's cool-down before a half-open probe;
+    - ``batch_timeout``: seconds a batch may take before it is cancelled;
+    - ``classifier``: extra transient/permanent rules for this projection.
     """
 
     name: ClassVar[str]
     batch_size: ClassVar[int] = DEFAULT_BATCH_SIZE
+    on_error: ClassVar[str | OnError] = OnError.PARK
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy()
+    retry_schedule: ClassVar[RetrySchedule] = RetrySchedule()
+    breaker_policy: ClassVar[BreakerPolicy] = BreakerPolicy()
+    batch_timeout: ClassVar[float] = 60.0
+    classifier: ClassVar[Classifier | None] = None
     _handler_names: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -87,6 +112,18 @@ class Projection:
         catch_all = bound.pop(ALL, None)
         return bound, catch_all
 
+    def failure_policy(self, app_classifier: Classifier | None = None) -> FailurePolicy:
+        """Returns this projection's failure settings as one value."""
+        classifier = self.classifier.then(app_classifier) if self.classifier else app_classifier
+        return FailurePolicy(
+            on_error=parse_on_error(self.on_error),
+            retry=self.retry_policy,
+            schedule=self.retry_schedule,
+            breaker=self.breaker_policy,
+            batch_timeout=self.batch_timeout,
+            classifier=classifier,
+        )
+
     def handled_types(self) -> frozenset[str]:
         """The event types with a handler (``"*"`` when there is a catch-all)."""
         return frozenset(self._handler_names)
@@ -108,6 +145,9 @@ def _instance(projection: Projection | type[Projection]) -> Projection:
         )
     if not projection.handled_types():
         raise ConfigurationError(f"projection {name!r} has no @handles methods")
+    projection.failure_policy()  # raises ConfigurationError on a bad setting
+    if not isinstance(projection.batch_size, int) or projection.batch_size < 1:
+        raise ConfigurationError(f"projection {name!r}: batch_size must be an int >= 1")
     return projection
 
 
@@ -117,8 +157,14 @@ class App:
     ``stoic worker --app module:app`` imports this object.
     """
 
-    def __init__(self, projections: Iterable[Projection | type[Projection]] = (), name: str = "stoic") -> None:
+    def __init__(
+        self,
+        projections: Iterable[Projection | type[Projection]] = (),
+        name: str = "stoic",
+        classifier: Classifier | None = None,
+    ) -> None:
         self.name = name
+        self.classifier = classifier
         self._projections: dict[str, Projection] = {}
         for projection in projections:
             self.add(projection)

@@ -1,16 +1,17 @@
-"""The projection runner: reads batches after the checkpoint, applies them and
-moves the checkpoint in the same transaction; and the worker loop that shares
-projections between processes.
+"""The Runner: runs an App's projections, in-process until caught up or as a
+long-running worker that shares projections with other workers.
 
 Invariants:
 
-* exactly once: a batch's handler writes and its checkpoint move commit
-  together, and the move is fenced (``position = start AND epoch = lease``), so
-  a second runner or a zombie that lost its lease commits nothing;
 * one runner per projection: a projection is applied only under a lease; a
   worker's lease lives while its heartbeat does, so when a worker dies another
-  takes its projections after ``lease_ttl`` seconds;
-* the fast path pays nothing for failures: a batch has no savepoints.
+  takes its projections after ``lease_ttl`` seconds, and the fenced checkpoint
+  (``position = start AND epoch = lease``) keeps a zombie from committing;
+* one projection's failures, retries or open breaker never delay another: each
+  runs in its own thread on its own connection.
+
+The work on one projection (batches, failures, breaker) is in
+:mod:`stoic.projection_runner`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from stoic.errors import ConfigurationError, LeaseLost, StoicError, TransientError
 from stoic.events import RecordedEvent
 from stoic.projection import App, Projection
-from stoic.store import Lease, Store, StoreSession, Transaction
+from stoic.projection_runner import CircuitOpen, ProjectionRunner
+from stoic.store import Store, Transaction
 
 log = logging.getLogger("stoic.runner")
 
@@ -48,102 +49,6 @@ def new_worker_id() -> str:
 def backoff_delay(attempt: int, initial: float = RETRY_INITIAL_S, cap: float = RETRY_MAX_S) -> float:
     """Exponential back-off with full jitter: uniform in [0, min(cap, initial * 2**attempt)]."""
     return random.uniform(0, min(cap, initial * 2 ** min(attempt, 30)))
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one batch did: how many events, and the checkpoint after it."""
-
-    events: int
-    position: int
-
-
-class ProjectionRunner:
-    """Runs one projection under one lease, on its own store session (connection).
-
-    Not thread-safe: one thread drives it.
-    """
-
-    def __init__(
-        self, store: Store, projection: Projection, worker_id: str, batch_size: int | None = None
-    ) -> None:
-        self.store = store
-        self.projection = projection
-        self.name = projection.name
-        self.worker_id = worker_id
-        self.batch_size = batch_size or projection.batch_size
-        self.session: StoreSession | None = None
-        self.lease: Lease | None = None
-        self.position = 0
-        self._handlers, self._catch_all = projection.handlers()
-
-    def acquire(self) -> bool:
-        """Opens a session, takes the lease and runs ``setup``; False if another
-        live worker holds the projection."""
-        session = self._session()
-        session.ensure_projection(self.name)
-        lease = session.claim(self.name, self.worker_id)
-        if lease is None:
-            return False
-        self.lease, self.position = lease, lease.position
-        session.run_setup(self.name, self.projection.setup)
-        log.info(
-            "projection acquired",
-            extra={"action": "lease_acquired", "projection": self.name,
-                   "worker": self.worker_id, "epoch": lease.epoch, "position": lease.position},
-        )
-        return True
-
-    def _session(self) -> StoreSession:
-        if self.session is None:
-            self.session = self.store.open_session()
-        return self.session
-
-    def run_batch(self) -> BatchResult:
-        """Reads the next batch after the checkpoint and applies it in one
-        transaction with the checkpoint move; returns 0 events when caught up."""
-        if self.lease is None:
-            raise LeaseLost(f"projection {self.name!r} is not held by this runner")
-        session = self._session()
-        events = session.read_all(self.position, self.batch_size)
-        if not events:
-            return BatchResult(0, self.position)
-        start, end = self.position, events[-1].position
-        handlers, catch_all = self._handlers, self._catch_all
-
-        def apply(tx: Transaction) -> None:
-            for event in events:
-                handler = handlers.get(event.type, catch_all)
-                if handler is not None:
-                    handler(event, tx)
-
-        session.apply_batch(self.lease, start, end, len(events), apply)
-        self.position = end
-        return BatchResult(len(events), end)
-
-    def reconnect(self) -> None:
-        """Drops the session after a connection error; the lease is re-taken
-        (with a new epoch) on the next :meth:`acquire`."""
-        self.close_session()
-        self.lease = None
-
-    def release(self) -> None:
-        """Gives the lease back (best effort) and closes the session."""
-        if self.lease is not None and self.session is not None:
-            try:
-                self.session.release(self.lease)
-                log.info("projection released", extra={
-                    "action": "lease_released", "projection": self.name, "worker": self.worker_id})
-            except StoicError as exc:
-                log.warning("could not release lease: %s", exc, extra={
-                    "action": "lease_release_failed", "projection": self.name})
-        self.lease = None
-        self.close_session()
-
-    def close_session(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
 
 
 class Runner:
@@ -217,14 +122,21 @@ class Runner:
 
     # -- in-process catch-up ---------------------------------------------------------
 
+    def _runner(self, projection: Projection) -> ProjectionRunner:
+        return ProjectionRunner(
+            self.store, projection, self.worker_id, self.batch_size,
+            policy=projection.failure_policy(self.app.classifier),
+        )
+
     def run_until_caught_up(self, timeout: float | None = None) -> dict[str, int]:
         """Processes every projection until it reaches the head, then returns
         ``{name: checkpoint}``.
 
-        Raises the handler's exception if a batch fails permanently (the
-        checkpoint stays before that batch), LeaseLost if another live worker
-        holds a projection past ``timeout``, and TransientError if the store stays
-        unreachable.
+        Failing events are handled as in the worker: recorded, parked or halted
+        by the projection's policy (see ``store`` failures). Transient errors are
+        retried with back-off; raises CircuitOpen if a projection's breaker
+        opens, LeaseLost if another live worker holds a projection past
+        ``timeout``, and StoreUnavailable if the store stays unreachable.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         stop_heartbeat = threading.Event()
@@ -232,7 +144,7 @@ class Runner:
         positions: dict[str, int] = {}
         try:
             for projection in self.projections:
-                runner = ProjectionRunner(self.store, projection, self.worker_id, self.batch_size)
+                runner = self._runner(projection)
                 try:
                     self._acquire_blocking(runner, deadline)
                     positions[runner.name] = self._drain(runner, deadline)
@@ -261,23 +173,33 @@ class Runner:
             attempt += 1
 
     def _drain(self, runner: ProjectionRunner, deadline: float | None) -> int:
-        failures = 0
+        connection_failures = 0
         while True:
             try:
-                if runner.run_batch().events == 0:
-                    return runner.position
-                failures = 0
+                result = runner.step()
+                connection_failures = 0
             except LeaseLost:
                 raise
             except TransientError as exc:
-                failures += 1
-                if failures > 8 or (deadline is not None and time.monotonic() > deadline):
+                connection_failures += 1
+                if connection_failures > 8 or (deadline is not None and time.monotonic() > deadline):
                     raise
-                log.warning("transient error, retrying: %s", exc, extra={
-                    "action": "batch_retry", "projection": runner.name})
-                time.sleep(backoff_delay(failures))
+                log.warning("store error, reconnecting: %s", exc, extra={
+                    "action": "reconnect", "projection": runner.name})
+                time.sleep(backoff_delay(connection_failures))
                 runner.reconnect()
                 self._acquire_blocking(runner, deadline)
+                continue
+            if runner.breaker_state == "open":
+                raise CircuitOpen(
+                    f"projection {runner.name!r}: circuit breaker opened after "
+                    f"{runner.transient_streak} transient errors in a row", projection=runner.name)
+            if result.idle:
+                return runner.position
+            if result.wait:
+                if deadline is not None and time.monotonic() + result.wait > deadline:
+                    raise TransientError(f"projection {runner.name!r} did not catch up in time")
+                time.sleep(result.wait)
 
     # -- the long-running worker -------------------------------------------------------
 
@@ -355,7 +277,7 @@ class Runner:
     def _run_projection(
         self, projection: Projection, release: threading.Event, acquired: threading.Event
     ) -> None:
-        runner = ProjectionRunner(self.store, projection, self.worker_id, self.batch_size)
+        runner = self._runner(projection)
         failures = 0
         try:
             while not self._stop.is_set() and not release.is_set():
@@ -364,9 +286,11 @@ class Runner:
                         if not runner.acquire():
                             return  # someone else holds it; the coordinator will look again
                         acquired.set()
-                    result = runner.run_batch()
+                    result = runner.step()
                     failures = 0
-                    if result.events == 0:
+                    if result.wait:
+                        self._stop.wait(result.wait)
+                    elif result.idle:
                         self.store.wait_for_append(runner.position, IDLE_WAIT_S)
                 except LeaseLost as exc:
                     log.warning("lease lost: %s", exc, extra={
@@ -375,17 +299,16 @@ class Runner:
                     return
                 except TransientError as exc:
                     failures += 1
-                    log.warning("transient error, reconnecting: %s", exc, extra={
-                        "action": "batch_retry", "projection": runner.name, "attempt": failures})
+                    log.warning("store error, reconnecting: %s", exc, extra={
+                        "action": "reconnect", "projection": runner.name, "attempt": failures})
                     runner.reconnect()
                     self._stop.wait(backoff_delay(failures))
                 except Exception as exc:
-                    # Until the failure policies exist, a failing batch halts the
-                    # projection at that batch and is retried with back-off: nothing
-                    # is ever skipped.
+                    # Not a handler error (those are recorded as failures): a bug or an
+                    # unexpected store error. Back off and try again; never skip.
                     failures += 1
-                    log.error("batch failed: %s", exc, exc_info=True, extra={
-                        "action": "batch_failed", "projection": runner.name,
+                    log.error("runner error: %s", exc, exc_info=True, extra={
+                        "action": "runner_error", "projection": runner.name,
                         "position": runner.position, "attempt": failures})
                     self._stop.wait(backoff_delay(failures, initial=0.5, cap=RETRY_MAX_S))
         finally:

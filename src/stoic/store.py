@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from stoic.errors import ConfigurationError
@@ -52,6 +54,9 @@ class Transaction(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
     def executemany(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None: ...
+
+
+BatchApply = Callable[["Transaction"], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,99 @@ class WorkerInfo:
     alive: bool
 
 
+class FailureStatus(str, Enum):
+    """Where a failure record stands."""
+
+    RETRYING = "retrying"  #: waiting for its next background retry
+    DEAD = "dead"  #: retries exhausted; a person must act
+    RESOLVED = "resolved"  #: the event was applied (retry) or fixed by hand (resolve)
+    SKIPPED = "skipped"  #: the event will never be applied (by a person, or the skip policy)
+
+
+OPEN_STATUSES = (FailureStatus.RETRYING, FailureStatus.DEAD)
+
+
+class Resolution(str, Enum):
+    """How a failure ended."""
+
+    AUTO_RETRY = "auto_retry"  #: a background retry succeeded
+    MANUAL_RETRY = "manual_retry"  #: a retry asked for by a person succeeded
+    MANUAL_SKIP = "manual_skip"  #: a person skipped the event
+    MANUAL_RESOLVE = "manual_resolve"  #: a person marked it resolved (fixed by hand)
+    POLICY_SKIP = "policy_skip"  #: the projection's on_error="skip" policy skipped it
+
+
+@dataclass(frozen=True, slots=True)
+class NewFailure:
+    """A failure to record: the event, the error, and what happens next."""
+
+    projection: str
+    position: int
+    event_id: str
+    stream_id: str
+    event_type: str
+    policy: str
+    error_class: str
+    message: str
+    traceback: str
+    status: FailureStatus
+    resolution: Resolution | None
+    next_retry_at: datetime | None
+    blocking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """A recorded failure of one event in one projection, with its whole history."""
+
+    id: int
+    projection: str
+    position: int
+    event_id: str
+    stream_id: str
+    event_type: str
+    policy: str
+    error_class: str
+    message: str
+    traceback: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_retry_at: datetime | None
+    status: FailureStatus
+    resolution: Resolution | None
+    actor: str | None
+    note: str | None
+    blocking: bool
+    retry_requested: bool
+    parked: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """A projection's circuit breaker, as stored (visible to every worker)."""
+
+    state: str  # closed | open | half_open
+    failures: int
+    opened_at: datetime | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One recorded admin action."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    reason: str | None
+    outcome: str
+    details: dict[str, Any] | None
+
+
 class StoreSession(Protocol):
     """One connection, owned by one projection runner (one thread)."""
 
@@ -110,14 +208,65 @@ class StoreSession(Protocol):
         """Reads committed events after a position, in global order."""
 
     def apply_batch(
-        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
-    ) -> None:
+        self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
+        *, isolated: bool = False, timeout: float | None = None,
+    ) -> int:
         """Runs ``apply(tx)`` and moves the checkpoint from ``start`` to ``end`` in one
         transaction, fenced by the lease; raises LeaseLost (and commits nothing) if the
-        checkpoint is no longer at ``start`` or the lease epoch has moved on."""
+        checkpoint is no longer at ``start`` or the lease epoch has moved on. If
+        ``apply`` returns ``(end, count)`` those are used instead (a run that stopped
+        early). Returns the committed checkpoint.
+
+        ``isolated`` runs each statement to completion (so that :meth:`savepoint`
+        can catch a failing event) instead of pipelining; ``timeout`` (seconds)
+        cancels the batch and raises OperationTimeout when it runs too long."""
 
     def checkpoint(self, name: str) -> int:
         """Returns the projection's committed checkpoint position."""
+
+    # Inside apply_batch's ``apply`` callback only: these write in the batch's transaction.
+
+    def savepoint(self) -> contextlib.AbstractContextManager[None]:
+        """Runs a block under a savepoint: an exception rolls back only the block."""
+
+    def insert_failure(self, failure: NewFailure) -> int:
+        """Records a failure; returns its id."""
+
+    def record_retry_failure(
+        self, failure_id: int, status: FailureStatus, next_retry_at: datetime | None,
+        error_class: str, message: str, traceback: str,
+    ) -> None:
+        """Counts one more failed attempt of a failure, with the new error."""
+
+    def close_failure(self, failure_id: int, resolution: Resolution | None, parked: int) -> None:
+        """Unblocks a failure after its event and parked followers were dealt with;
+        sets status resolved with ``resolution`` if it was still open."""
+
+    def add_parked(self, counts: dict[int, int]) -> None:
+        """Adds to the parked-event counters of blocking failures (by id)."""
+
+    def fence(self, lease: Lease) -> None:
+        """Raises LeaseLost unless the lease still holds the projection."""
+
+    # Outside a batch (each call is its own transaction).
+
+    def blocking_failures(self, name: str) -> list[FailureRecord]:
+        """Returns the projection's failures that still block a stream (or the projection)."""
+
+    def read_events(self, positions: list[int]) -> list[RecordedEvent]:
+        """Returns the events at these positions, in position order."""
+
+    def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
+        """Returns a stream's events with after < position <= upto, in order."""
+
+    def breaker(self, name: str) -> BreakerState:
+        """Returns the projection's stored circuit breaker."""
+
+    def set_breaker(self, name: str, state: str, failures: int, reason: str | None) -> None:
+        """Stores the projection's circuit breaker (opened_at set when it opens)."""
+
+    def paused(self, name: str) -> bool:
+        """True when an operator paused the projection."""
 
     def close(self) -> None: ...
 

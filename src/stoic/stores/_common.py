@@ -4,14 +4,24 @@ idempotent-append rule. Nothing here talks to a driver."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from stoic.errors import ConcurrencyError, DuplicateEventId, InvalidArgument, InvalidEvent
+from stoic.errors import (
+    ConcurrencyError,
+    DuplicateEventId,
+    InvalidArgument,
+    InvalidEvent,
+    OperationTimeout,
+    StoicError,
+)
 from stoic.events import (
     ANY,
+    MAX_INT64,
     NO_STREAM,
     AppendResult,
     EncodedEvent,
@@ -200,7 +210,42 @@ def has_client_ids(prepared: Sequence[PreparedAppend]) -> bool:
 
 def check_read_args(position: object, limit: object) -> None:
     """Raises InvalidArgument unless position >= 0 and limit >= 1 are ints."""
-    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-        raise InvalidArgument(f"position must be an int >= 0, got {position!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidArgument(f"limit must be an int >= 1, got {limit!r}")
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_INT64:
+        raise InvalidArgument(f"position must be an int >= 0 (and < 2**63), got {position!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INT64:
+        raise InvalidArgument(f"limit must be an int >= 1 (and < 2**63), got {limit!r}")
+
+
+class Watchdog:
+    """Cancels a batch that runs past its time limit: the running statement is
+    cancelled at once, and :meth:`check` fails the batch if the limit passed
+    while Python code ran."""
+
+    def __init__(self, cancel: Callable[[], None], timeout: float | None) -> None:
+        self.cancel, self.timeout = cancel, timeout
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout is not None:
+            self._timer = threading.Timer(self.timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        with contextlib.suppress(Exception):
+            self.cancel()
+
+    def check(self) -> None:
+        if self.fired:
+            raise OperationTimeout(f"batch ran past its time limit of {self.timeout} s; rolled back")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.fired and exc_type is not None and not isinstance(exc, StoicError):
+            raise OperationTimeout(f"batch ran past its time limit of {self.timeout} s; rolled back") from (
+                exc if isinstance(exc, BaseException) else None
+            )

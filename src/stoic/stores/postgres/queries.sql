@@ -137,3 +137,80 @@ SELECT coalesce(max(version), 0) FROM stoic_schema_migrations;
 -- name: record_migration
 -- Records an applied migration.
 INSERT INTO stoic_schema_migrations (version, name, applied_at) VALUES (%s, %s, now());
+
+-- name: insert_failure
+-- Records a failure of one event.
+INSERT INTO stoic_failures (projection, position, event_id, stream_id, event_type, policy, error_class,
+    message, traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution,
+    blocking, updated_at)
+VALUES (%(projection)s, %(position)s, %(event_id)s, %(stream_id)s, %(event_type)s, %(policy)s,
+    %(error_class)s, %(message)s, %(traceback)s, 1, now(), now(), %(next_retry_at)s, %(status)s,
+    %(resolution)s, %(blocking)s, now())
+ON CONFLICT (projection, event_id) DO UPDATE SET
+    attempts = stoic_failures.attempts + 1, last_failed_at = excluded.last_failed_at,
+    error_class = excluded.error_class, message = excluded.message, traceback = excluded.traceback,
+    next_retry_at = excluded.next_retry_at, status = excluded.status, resolution = excluded.resolution,
+    blocking = excluded.blocking, retry_requested = false, updated_at = excluded.updated_at
+RETURNING id;
+
+-- name: record_retry_failure
+-- Counts one more failed attempt.
+UPDATE stoic_failures SET attempts = attempts + 1, last_failed_at = now(), status = %(status)s,
+    next_retry_at = %(next_retry_at)s, error_class = %(error_class)s, message = %(message)s,
+    traceback = %(traceback)s, retry_requested = false, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: close_failure
+-- Unblocks a failure; an open one becomes resolved with the given resolution.
+UPDATE stoic_failures SET blocking = false, parked = parked + %(parked)s, next_retry_at = NULL,
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN %(resolution)s ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END,
+    retry_requested = false, updated_at = now()
+WHERE id = %(id)s;
+
+-- name: add_parked
+-- Counts events parked behind a failure.
+UPDATE stoic_failures SET parked = parked + %s, updated_at = now() WHERE id = %s;
+
+-- name: fence
+-- Locks the projection row only if the lease still holds it (fencing for retry transactions).
+SELECT 1 FROM stoic_projections WHERE name = %s AND holder = %s AND epoch = %s FOR UPDATE;
+
+-- name: blocking_failures
+-- A projection's failures that still block.
+SELECT id, projection, position, event_id::text, stream_id, event_type, policy, error_class, message,
+       traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution, actor,
+       note, blocking, retry_requested, parked, updated_at
+FROM stoic_failures WHERE projection = %s AND blocking ORDER BY position;
+
+-- name: read_at
+-- Events at given positions.
+SELECT position, stream_id, version, type, event_id::text, data::text, metadata::text,
+       extract(epoch FROM recorded_at)::float8
+FROM stoic_events WHERE position = ANY(%s::bigint[]) ORDER BY position;
+
+-- name: read_stream_range
+-- A stream's events in a position range.
+SELECT position, stream_id, version, type, event_id::text, data::text, metadata::text,
+       extract(epoch FROM recorded_at)::float8
+FROM stoic_events WHERE stream_id = %s AND position > %s AND position <= %s ORDER BY position;
+
+-- name: breaker
+-- A projection's circuit breaker.
+SELECT breaker_state, breaker_failures, breaker_opened_at, breaker_reason FROM stoic_projections WHERE name = %s;
+
+-- name: set_breaker
+-- Stores a projection's circuit breaker.
+UPDATE stoic_projections SET breaker_state = %(state)s, breaker_failures = %(failures)s,
+    breaker_reason = %(reason)s,
+    breaker_opened_at = CASE WHEN %(state)s = 'open' AND breaker_state <> 'open' THEN now()
+                             WHEN %(state)s = 'closed' THEN NULL ELSE breaker_opened_at END
+WHERE name = %(name)s;
+
+-- name: paused
+-- Whether an operator paused a projection.
+SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = %s;
+
+-- name: statement_timeout
+-- Bounds every statement of the batch transaction.
+SELECT set_config('statement_timeout', %s, true);

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,9 +42,22 @@ from stoic.errors import (
     StoreUnavailable,
 )
 from stoic.events import ANY, MAX_EVENT_BYTES, AppendResult, Expected, NewEvent, RecordedEvent, validate_stream_id
-from stoic.store import AppendItem, Lease, ProjectionState, Transaction, WorkerInfo
+from stoic.store import (
+    AppendItem,
+    BatchApply,
+    BreakerState,
+    FailureRecord,
+    FailureStatus,
+    Lease,
+    NewFailure,
+    ProjectionState,
+    Resolution,
+    Transaction,
+    WorkerInfo,
+)
 from stoic.stores._common import (
     PreparedAppend,
+    Watchdog,
     check_read_args,
     expected_as_int,
     first_mismatch,
@@ -103,15 +117,19 @@ _translated: dict[str, str] = {}
 
 
 def qmark_to_pyformat(query: str) -> str:
-    """Rewrites ``?`` placeholders to psycopg's ``%s`` (and ``%`` to ``%%``),
-    leaving quoted strings and comments alone, so handlers write one SQL for
+    """Rewrites ``?`` placeholders to psycopg's ``%s`` (and every ``%`` to ``%%``),
+    leaving a ``?`` in quoted strings and comments alone, so handlers write one SQL for
     both backends. Cached: handlers repeat the same few statements."""
     cached = _translated.get(query)
     if cached is None:
 
         def swap(match: re.Match[str]) -> str:
             token = match.group(0)
-            return "%s" if token == "?" else "%%" if token == "%" else token
+            if token == "?":
+                return "%s"
+            # psycopg parses every '%' once parameters are passed, even inside
+            # quoted strings and comments, so each one is doubled.
+            return token.replace("%", "%%")
 
         cached = _translated[query] = _QMARK.sub(swap, query)
     return cached
@@ -134,6 +152,14 @@ class PostgresTransaction:
     def executemany(self, query: str, params_seq: Sequence[Sequence[Any]]) -> None:
         with self.connection.cursor() as cur:
             cur.executemany(qmark_to_pyformat(query), params_seq)  # type: ignore[arg-type]
+
+
+def failure_from_row(row: Sequence[Any]) -> FailureRecord:
+    """Builds a FailureRecord from a stoic_failures row (event_id as text)."""
+    values = list(row)
+    values[14] = FailureStatus(values[14])
+    values[15] = None if values[15] is None else Resolution(values[15])
+    return FailureRecord(*values)
 
 
 def _lock_key(*parts: str) -> int:
@@ -288,6 +314,8 @@ class PostgresStore:
                 raise DuplicateEventId(f"an event id of this append is already stored: {exc}") from exc
         versions = {prepared[ordinal - 1].stream_id: version for kind, ordinal, version in rows if kind == 0}
         first_position, inserted = next((o, v) for kind, o, v in rows if kind == 1)
+        if not total and (mismatch := first_mismatch(prepared, versions)) is not None:
+            raise mismatch  # an empty append still checks the expected version, as on SQLite
         if inserted != total:
             replay = self._stored_results(prepared) if total else None
             if replay is not None:
@@ -501,26 +529,119 @@ class PostgresSession:
         return [RecordedEvent(*row) for row in rows]
 
     def apply_batch(
-        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
-    ) -> None:
+        self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
+        *, isolated: bool = False, timeout: float | None = None,
+    ) -> int:
         params = {"end": end, "count": count, "name": lease.projection, "start": start,
                   "worker": lease.worker_id, "epoch": lease.epoch}
-        with translate_errors(), self.conn.transaction():
-            # Handler writes are pipelined: they do not wait for a round trip each.
-            with self.conn.pipeline():
-                apply(PostgresTransaction(self.conn))
-                cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
-            if cur.rowcount != 1:
-                raise LeaseLost(
-                    f"projection {lease.projection!r}: checkpoint is no longer at {start} under "
-                    f"epoch {lease.epoch}; batch rolled back",
-                    projection=lease.projection,
-                )
+        with translate_errors(), Watchdog(self.conn.cancel_safe, timeout) as watchdog:
+            with self.conn.transaction():
+                if timeout is not None:
+                    self.conn.execute(Q["statement_timeout"], (f"{int(timeout * 1000)}ms",), prepare=True)
+                if isolated:
+                    # The slow path: each statement waits for its result, so that a
+                    # savepoint can catch the one event that failed.
+                    reached = apply(PostgresTransaction(self.conn))
+                    if reached is not None:
+                        params["end"], params["count"] = reached
+                    cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
+                else:
+                    # The fast path: handler writes are pipelined, no round trip each.
+                    with self.conn.pipeline():
+                        reached = apply(PostgresTransaction(self.conn))
+                        if reached is not None:
+                            params["end"], params["count"] = reached
+                        cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
+                watchdog.check()
+                if cur.rowcount != 1:
+                    raise LeaseLost(
+                        f"projection {lease.projection!r}: checkpoint is no longer at {start} under "
+                        f"epoch {lease.epoch}; batch rolled back",
+                        projection=lease.projection,
+                    )
+        return int(params["end"])
 
     def checkpoint(self, name: str) -> int:
         with translate_errors():
             row = self.conn.execute(Q["checkpoint"], (name,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        with translate_errors():
+            return self.conn.execute(query, params, prepare=True).fetchall()  # type: ignore[arg-type]
+
+    # -- inside a batch transaction ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield
+
+    def insert_failure(self, failure: NewFailure) -> int:
+        row = self.conn.execute(Q["insert_failure"], {
+            "projection": failure.projection, "position": failure.position,
+            "event_id": failure.event_id, "stream_id": failure.stream_id,
+            "event_type": failure.event_type, "policy": failure.policy,
+            "error_class": failure.error_class, "message": failure.message,
+            "traceback": failure.traceback, "next_retry_at": failure.next_retry_at,
+            "status": failure.status.value,
+            "resolution": failure.resolution.value if failure.resolution else None,
+            "blocking": failure.blocking,
+        }).fetchone()
+        return int(row[0])  # type: ignore[index]
+
+    def record_retry_failure(
+        self, failure_id: int, status: FailureStatus, next_retry_at: datetime | None,
+        error_class: str, message: str, traceback: str,
+    ) -> None:
+        self.conn.execute(Q["record_retry_failure"], {
+            "id": failure_id, "status": status.value, "next_retry_at": next_retry_at,
+            "error_class": error_class, "message": message, "traceback": traceback,
+        })
+
+    def close_failure(self, failure_id: int, resolution: Resolution | None, parked: int) -> None:
+        self.conn.execute(Q["close_failure"], {
+            "id": failure_id, "parked": parked, "resolution": resolution.value if resolution else None,
+        })
+
+    def add_parked(self, counts: dict[int, int]) -> None:
+        for failure_id, n in counts.items():
+            if n:
+                self.conn.execute(Q["add_parked"], (n, failure_id), prepare=True)
+
+    def fence(self, lease: Lease) -> None:
+        row = self.conn.execute(Q["fence"], (lease.projection, lease.worker_id, lease.epoch)).fetchone()
+        if row is None:
+            raise LeaseLost(
+                f"projection {lease.projection!r} is no longer held under epoch {lease.epoch}",
+                projection=lease.projection,
+            )
+
+    # -- outside a batch ------------------------------------------------------------------
+
+    def blocking_failures(self, name: str) -> list[FailureRecord]:
+        return [failure_from_row(r) for r in self._fetch(Q["blocking_failures"], (name,))]
+
+    def read_events(self, positions: list[int]) -> list[RecordedEvent]:
+        return [RecordedEvent(*r) for r in self._fetch(Q["read_at"], (positions,))]
+
+    def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
+        return [RecordedEvent(*r) for r in self._fetch(Q["read_stream_range"], (stream_id, after, upto))]
+
+    def breaker(self, name: str) -> BreakerState:
+        rows = self._fetch(Q["breaker"], (name,))
+        if not rows:
+            return BreakerState("closed", 0, None, None)
+        return BreakerState(*rows[0])
+
+    def set_breaker(self, name: str, state: str, failures: int, reason: str | None) -> None:
+        with translate_errors():
+            self.conn.execute(Q["set_breaker"], {
+                "state": state, "failures": failures, "reason": reason, "name": name})
+
+    def paused(self, name: str) -> bool:
+        rows = self._fetch(Q["paused"], (name,))
+        return bool(rows and rows[0][0])
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):

@@ -98,3 +98,73 @@ INSERT INTO stoic_schema_migrations (version, name, applied_at) VALUES (?, ?, ?)
 -- Looks up stored events by id (a JSON array), to recognise a retried append.
 SELECT event_id, stream_id, version, position FROM stoic_events
 WHERE event_id IN (SELECT value FROM json_each(?));
+
+-- name: insert_failure
+-- Records a failure of one event.
+INSERT INTO stoic_failures (projection, position, event_id, stream_id, event_type, policy, error_class,
+    message, traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution,
+    blocking, updated_at)
+VALUES (:projection, :position, :event_id, :stream_id, :event_type, :policy, :error_class,
+    :message, :traceback, 1, :now, :now, :next_retry_at, :status, :resolution, :blocking, :now)
+ON CONFLICT (projection, event_id) DO UPDATE SET
+    attempts = stoic_failures.attempts + 1, last_failed_at = excluded.last_failed_at,
+    error_class = excluded.error_class, message = excluded.message, traceback = excluded.traceback,
+    next_retry_at = excluded.next_retry_at, status = excluded.status, resolution = excluded.resolution,
+    blocking = excluded.blocking, retry_requested = 0, updated_at = excluded.updated_at
+RETURNING id;
+
+-- name: record_retry_failure
+-- Counts one more failed attempt.
+UPDATE stoic_failures SET attempts = attempts + 1, last_failed_at = :now, status = :status,
+    next_retry_at = :next_retry_at, error_class = :error_class, message = :message,
+    traceback = :traceback, retry_requested = 0, updated_at = :now
+WHERE id = :id;
+
+-- name: close_failure
+-- Unblocks a failure; an open one becomes resolved with the given resolution.
+UPDATE stoic_failures SET blocking = 0, parked = parked + :parked, next_retry_at = NULL,
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN :resolution ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END,
+    retry_requested = 0, updated_at = :now
+WHERE id = :id;
+
+-- name: add_parked
+-- Counts events parked behind a failure.
+UPDATE stoic_failures SET parked = parked + ?, updated_at = ? WHERE id = ?;
+
+-- name: fence
+-- Touches the projection row only if the lease still holds it (fencing for retry transactions).
+UPDATE stoic_projections SET updated_at = updated_at WHERE name = ? AND holder = ? AND epoch = ?;
+
+-- name: blocking_failures
+-- A projection's failures that still block.
+SELECT * FROM stoic_failures WHERE projection = ? AND blocking = 1 ORDER BY position;
+
+-- name: failure
+-- One failure by id.
+SELECT * FROM stoic_failures WHERE id = ?;
+
+-- name: read_at
+-- Events at given positions (a JSON array).
+SELECT position, stream_id, version, type, event_id, data, metadata, recorded_at
+FROM stoic_events WHERE position IN (SELECT value FROM json_each(?)) ORDER BY position;
+
+-- name: read_stream_range
+-- A stream's events in a position range.
+SELECT position, stream_id, version, type, event_id, data, metadata, recorded_at
+FROM stoic_events WHERE stream_id = ? AND position > ? AND position <= ? ORDER BY position;
+
+-- name: breaker
+-- A projection's circuit breaker.
+SELECT breaker_state, breaker_failures, breaker_opened_at, breaker_reason FROM stoic_projections WHERE name = ?;
+
+-- name: set_breaker
+-- Stores a projection's circuit breaker.
+UPDATE stoic_projections SET breaker_state = :state, breaker_failures = :failures, breaker_reason = :reason,
+    breaker_opened_at = CASE WHEN :state = 'open' AND breaker_state <> 'open' THEN :now
+                             WHEN :state = 'closed' THEN NULL ELSE breaker_opened_at END
+WHERE name = :name;
+
+-- name: paused
+-- Whether an operator paused a projection.
+SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = ?;

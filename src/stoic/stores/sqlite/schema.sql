@@ -31,7 +31,16 @@ CREATE TABLE stoic_projections (
     epoch            INTEGER NOT NULL DEFAULT 0,
     held_since       REAL,
     updated_at       REAL,
-    created_at       REAL    NOT NULL
+    created_at       REAL    NOT NULL,
+    breaker_state     TEXT    NOT NULL DEFAULT 'closed',
+    breaker_failures  INTEGER NOT NULL DEFAULT 0,
+    breaker_opened_at REAL,
+    breaker_reason    TEXT,
+    paused_at         REAL,
+    paused_by         TEXT,
+    paused_reason     TEXT,
+    verified_at       REAL,
+    verified_missing  INTEGER NOT NULL DEFAULT 0
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future.
@@ -42,4 +51,45 @@ CREATE TABLE stoic_workers (
     started_at   REAL    NOT NULL,
     heartbeat_at REAL    NOT NULL,
     expires_at   REAL    NOT NULL
+);
+
+-- A failed event of a projection. While `blocking`, later events of its stream
+-- (policy park) or of the whole projection (policy halt) wait behind it.
+CREATE TABLE stoic_failures (
+    id              INTEGER PRIMARY KEY,
+    projection      TEXT    NOT NULL,
+    position        INTEGER NOT NULL,
+    event_id        TEXT    NOT NULL,
+    stream_id       TEXT    NOT NULL,
+    event_type      TEXT    NOT NULL,
+    policy          TEXT    NOT NULL,
+    error_class     TEXT    NOT NULL,
+    message         TEXT    NOT NULL,
+    traceback       TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    first_failed_at REAL    NOT NULL,
+    last_failed_at  REAL    NOT NULL,
+    next_retry_at   REAL,
+    status          TEXT    NOT NULL,
+    resolution      TEXT,
+    actor           TEXT,
+    note            TEXT,
+    blocking        INTEGER NOT NULL,
+    retry_requested INTEGER NOT NULL DEFAULT 0,
+    parked          INTEGER NOT NULL DEFAULT 0,
+    updated_at      REAL    NOT NULL
+);
+CREATE UNIQUE INDEX stoic_failures_event ON stoic_failures (projection, event_id);
+CREATE INDEX stoic_failures_status ON stoic_failures (projection, status);
+
+-- Every admin action: who, what, on what, why, when, and how it ended.
+CREATE TABLE stoic_audit (
+    id      INTEGER PRIMARY KEY,
+    at      REAL    NOT NULL,
+    actor   TEXT    NOT NULL,
+    action  TEXT    NOT NULL,
+    target  TEXT    NOT NULL,
+    reason  TEXT,
+    outcome TEXT    NOT NULL,
+    details TEXT
 );

@@ -27,6 +27,7 @@ from stoic.errors import (
     DuplicateEventId,
     LeaseLost,
     LockNotAvailable,
+    OperationTimeout,
     SchemaError,
     StoicError,
     StoreUnavailable,
@@ -40,9 +41,22 @@ from stoic.events import (
     RecordedEvent,
     validate_stream_id,
 )
-from stoic.store import AppendItem, Lease, ProjectionState, Transaction, WorkerInfo
+from stoic.store import (
+    AppendItem,
+    BatchApply,
+    BreakerState,
+    FailureRecord,
+    FailureStatus,
+    Lease,
+    NewFailure,
+    ProjectionState,
+    Resolution,
+    Transaction,
+    WorkerInfo,
+)
 from stoic.stores._common import (
     PreparedAppend,
+    Watchdog,
     check_read_args,
     first_mismatch,
     has_client_ids,
@@ -72,6 +86,8 @@ def translate_errors() -> Iterator[None]:
     except sqlite3.OperationalError as exc:
         message = str(exc)
         lowered = message.lower()
+        if "interrupted" in lowered:
+            raise OperationTimeout(f"SQLite statement interrupted (time limit): {message}") from exc
         if "locked" in lowered or "busy" in lowered:
             raise LockNotAvailable(f"SQLite: {message}") from exc
         if "readonly" in lowered or "read-only" in lowered:
@@ -118,6 +134,21 @@ class SQLiteTransaction:
 
 def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def failure_from_row(row: Sequence[Any]) -> FailureRecord:
+    """Builds a FailureRecord from a ``SELECT * FROM stoic_failures`` row."""
+    values = list(row)
+    for i in (11, 12, 13, 21):
+        values[i] = _ts(values[i])
+    values[14] = FailureStatus(values[14])
+    values[15] = None if values[15] is None else Resolution(values[15])
+    values[18], values[19] = bool(values[18]), bool(values[19])
+    return FailureRecord(*values)
 
 
 class SQLiteStore:
@@ -490,10 +521,14 @@ class SQLiteSession:
         return [RecordedEvent(*row) for row in rows]
 
     def apply_batch(
-        self, lease: Lease, start: int, end: int, count: int, apply: Callable[[Transaction], None]
-    ) -> None:
-        with self.store.write_transaction(self.conn):
-            apply(SQLiteTransaction(self.conn))
+        self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
+        *, isolated: bool = False, timeout: float | None = None,
+    ) -> int:
+        with Watchdog(self.conn.interrupt, timeout) as watchdog, self.store.write_transaction(self.conn):
+            reached = apply(SQLiteTransaction(self.conn))
+            if reached is not None:
+                end, count = reached
+            watchdog.check()
             moved = self.conn.execute(
                 Q["advance_checkpoint"],
                 {"end": end, "count": count, "now": time.time(), "name": lease.projection,
@@ -505,11 +540,98 @@ class SQLiteSession:
                     f"epoch {lease.epoch}; batch rolled back",
                     projection=lease.projection,
                 )
+        return end
 
     def checkpoint(self, name: str) -> int:
         with self.store.guard(), translate_errors():
             row = self.conn.execute(Q["checkpoint"], (name,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    def _fetch(self, query: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        with self.store.guard(), translate_errors():
+            return self.conn.execute(query, params).fetchall()
+
+    # -- inside a batch transaction ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self.conn.execute("SAVEPOINT stoic_event")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO stoic_event")
+            self.conn.execute("RELEASE stoic_event")
+            raise
+        self.conn.execute("RELEASE stoic_event")
+
+    def insert_failure(self, failure: NewFailure) -> int:
+        now = time.time()
+        row = self.conn.execute(Q["insert_failure"], {
+            "projection": failure.projection, "position": failure.position,
+            "event_id": failure.event_id, "stream_id": failure.stream_id,
+            "event_type": failure.event_type, "policy": failure.policy,
+            "error_class": failure.error_class, "message": failure.message,
+            "traceback": failure.traceback, "now": now,
+            "next_retry_at": _epoch(failure.next_retry_at), "status": failure.status.value,
+            "resolution": failure.resolution.value if failure.resolution else None,
+            "blocking": int(failure.blocking),
+        }).fetchone()
+        return int(row[0])
+
+    def record_retry_failure(
+        self, failure_id: int, status: FailureStatus, next_retry_at: datetime | None,
+        error_class: str, message: str, traceback: str,
+    ) -> None:
+        self.conn.execute(Q["record_retry_failure"], {
+            "id": failure_id, "now": time.time(), "status": status.value,
+            "next_retry_at": _epoch(next_retry_at), "error_class": error_class,
+            "message": message, "traceback": traceback,
+        })
+
+    def close_failure(self, failure_id: int, resolution: Resolution | None, parked: int) -> None:
+        self.conn.execute(Q["close_failure"], {
+            "id": failure_id, "now": time.time(), "parked": parked,
+            "resolution": resolution.value if resolution else None,
+        })
+
+    def add_parked(self, counts: dict[int, int]) -> None:
+        now = time.time()
+        self.conn.executemany(Q["add_parked"], [(n, now, fid) for fid, n in counts.items() if n])
+
+    def fence(self, lease: Lease) -> None:
+        moved = self.conn.execute(Q["fence"], (lease.projection, lease.worker_id, lease.epoch)).rowcount
+        if moved != 1:
+            raise LeaseLost(
+                f"projection {lease.projection!r} is no longer held under epoch {lease.epoch}",
+                projection=lease.projection,
+            )
+
+    # -- outside a batch ------------------------------------------------------------------
+
+    def blocking_failures(self, name: str) -> list[FailureRecord]:
+        return [failure_from_row(r) for r in self._fetch(Q["blocking_failures"], (name,))]
+
+    def read_events(self, positions: list[int]) -> list[RecordedEvent]:
+        return [RecordedEvent(*r) for r in self._fetch(Q["read_at"], (json.dumps(positions),))]
+
+    def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
+        return [RecordedEvent(*r) for r in self._fetch(Q["read_stream_range"], (stream_id, after, upto))]
+
+    def breaker(self, name: str) -> BreakerState:
+        rows = self._fetch(Q["breaker"], (name,))
+        if not rows:
+            return BreakerState("closed", 0, None, None)
+        state, failures, opened_at, reason = rows[0]
+        return BreakerState(state, failures, _ts(opened_at), reason)
+
+    def set_breaker(self, name: str, state: str, failures: int, reason: str | None) -> None:
+        with self.store.write_transaction(self.conn):
+            self.conn.execute(Q["set_breaker"], {
+                "state": state, "failures": failures, "reason": reason, "now": time.time(), "name": name})
+
+    def paused(self, name: str) -> bool:
+        rows = self._fetch(Q["paused"], (name,))
+        return bool(rows and rows[0][0])
 
     def close(self) -> None:
         if not self.store.memory:

@@ -1,0 +1,448 @@
+"""One projection under one lease: batches, failures, parking, retries, breaker.
+
+Invariants:
+
+* exactly once: a batch's handler writes, its failure records and its
+  checkpoint move commit together, fenced by the lease;
+* the fast path pays nothing for failures: a batch runs without savepoints;
+  only when it fails is it rolled back and re-run with a savepoint per event,
+  so that the good events commit and each bad one is recorded;
+* nothing skipped silently: a permanently failing event is recorded; under
+  ``park`` later events of its stream wait behind it (counted as parked) and
+  are applied, in order, when the failure is retried successfully, skipped or
+  resolved; under ``halt`` the projection stops at it; under ``skip`` it is
+  recorded as skipped;
+* a dependency that is down is not hammered: transient errors are retried
+  with back-off and jitter, and after ``max_attempts`` in a row the circuit
+  breaker opens (stored, so every worker sees it) until a half-open probe
+  succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from stoic.errors import LeaseLost, StoreUnavailable, TransientError
+from stoic.events import RecordedEvent
+from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
+from stoic.projection import Projection
+from stoic.store import (
+    FailureRecord,
+    FailureStatus,
+    Lease,
+    NewFailure,
+    Resolution,
+    Store,
+    StoreSession,
+    Transaction,
+)
+
+log = logging.getLogger("stoic.runner")
+
+MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
+TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
+
+
+class CircuitOpen(TransientError):
+    """The projection's circuit breaker is open: its dependency keeps failing."""
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one step of a runner did, and how long its caller may wait before the next."""
+
+    events: int  #: events covered by a committed checkpoint move
+    position: int  #: the checkpoint after the step
+    wait: float = 0.0  #: seconds to wait (back-off, breaker cool-down, pause); 0 = go on
+    idle: bool = False  #: caught up (or blocked): wait for new events
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:]
+
+
+class ProjectionRunner:
+    """Runs one projection under one lease, on its own store session (connection).
+
+    Not thread-safe: one thread drives it through :meth:`step`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        projection: Projection,
+        worker_id: str,
+        batch_size: int | None = None,
+        policy: FailurePolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.name = projection.name
+        self.worker_id = worker_id
+        self.batch_size = batch_size or projection.batch_size
+        self.policy = policy or projection.failure_policy()
+        self.session: StoreSession | None = None
+        self.lease: Lease | None = None
+        self.position = 0
+        self._handlers, self._catch_all = projection.handlers()
+        self._blocked: dict[str, int] = {}  # stream id -> blocking failure id (park)
+        self._halted: FailureRecord | None = None  # the blocking failure of a halted projection
+        self._transient_streak = 0
+        self._breaker_state = "closed"
+        self._breaker_opened = 0.0  # time.monotonic() when the breaker opened here
+        self._paused = False
+        self._next_maintenance = 0.0
+
+    # -- lease and session -------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Opens a session, takes the lease, runs ``setup`` and loads the failure
+        state; False if another live worker holds the projection."""
+        session = self._session()
+        session.ensure_projection(self.name)
+        lease = session.claim(self.name, self.worker_id)
+        if lease is None:
+            return False
+        self.lease, self.position = lease, lease.position
+        session.run_setup(self.name, self.projection.setup)
+        self._load_failures()
+        breaker = session.breaker(self.name)
+        self._breaker_state, self._transient_streak = breaker.state, breaker.failures
+        if breaker.state == "open":
+            opened = breaker.opened_at or _now()
+            self._breaker_opened = time.monotonic() - (_now() - opened).total_seconds()
+        log.info("projection acquired", extra={
+            "action": "lease_acquired", "projection": self.name, "worker": self.worker_id,
+            "epoch": lease.epoch, "position": lease.position})
+        return True
+
+    @property
+    def breaker_state(self) -> str:
+        """``closed``, ``open`` or ``half_open``."""
+        return self._breaker_state
+
+    @property
+    def transient_streak(self) -> int:
+        """Transient errors in a row (resets on success)."""
+        return self._transient_streak
+
+    def _session(self) -> StoreSession:
+        if self.session is None:
+            self.session = self.store.open_session()
+        return self.session
+
+    def reconnect(self) -> None:
+        """Drops the session after a connection error; the lease is re-taken
+        (with a new epoch) by the next :meth:`acquire`."""
+        self.close_session()
+        self.lease = None
+
+    def release(self) -> None:
+        """Gives the lease back (best effort) and closes the session."""
+        if self.lease is not None and self.session is not None:
+            try:
+                self.session.release(self.lease)
+                log.info("projection released", extra={
+                    "action": "lease_released", "projection": self.name, "worker": self.worker_id})
+            except Exception as exc:  # best effort: the lease expires on its own
+                log.warning("could not release lease: %s", exc, extra={
+                    "action": "lease_release_failed", "projection": self.name})
+        self.lease = None
+        self.close_session()
+
+    def close_session(self) -> None:
+        if self.session is not None:
+            try:
+                self.session.close()
+            finally:
+                self.session = None
+
+    def _load_failures(self) -> None:
+        blocking = self._session().blocking_failures(self.name)
+        self._blocked = {f.stream_id: f.id for f in blocking if f.policy == OnError.PARK.value}
+        self._halted = next((f for f in blocking if f.policy == OnError.HALT.value), None)
+
+    # -- the step --------------------------------------------------------------------------
+
+    def step(self) -> StepResult:
+        """Does the next piece of work: failure maintenance when due, then one batch.
+
+        Raises LeaseLost when the lease is gone, StoreUnavailable when the
+        connection is lost (the caller reconnects), CircuitOpen never: an open
+        breaker is reported as a wait.
+        """
+        if self.lease is None:
+            raise LeaseLost(f"projection {self.name!r} is not held by this runner")
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+            self._paused = self._session().paused(self.name)
+            if not self._paused and self._breaker_state != "open":
+                self._maintain()
+        if self._paused:
+            return StepResult(0, self.position, wait=MAINTENANCE_INTERVAL_S, idle=True)
+        if self._breaker_state == "open":
+            remaining = self._breaker_opened + self.policy.breaker.cooldown - time.monotonic()
+            if remaining > 0:
+                return StepResult(0, self.position, wait=min(remaining, MAINTENANCE_INTERVAL_S), idle=True)
+            self._set_breaker("half_open", self._transient_streak, "half-open: probing with one batch")
+        if self._halted is not None:
+            return StepResult(0, self.position, wait=MAINTENANCE_INTERVAL_S, idle=True)
+        return self._guarded(self._run_batch)
+
+    def _guarded(self, work: Callable[[], StepResult]) -> StepResult:
+        """Runs work; turns a transient failure into back-off or an open breaker."""
+        try:
+            result = work()
+        except (LeaseLost, StoreUnavailable):
+            raise
+        except Exception as exc:
+            if classify(exc, self.policy.classifier) is Kind.PERMANENT:
+                raise
+            return self._on_transient(exc)
+        if self._breaker_state != "closed" or self._transient_streak:
+            self._set_breaker("closed", 0, None)
+            log.info("circuit closed", extra={"action": "breaker_closed", "projection": self.name})
+        return result
+
+    def _on_transient(self, exc: BaseException) -> StepResult:
+        self._transient_streak += 1
+        error_class, message = describe(exc)
+        if self._breaker_state == "half_open" or self._transient_streak >= self.policy.retry.max_attempts:
+            reason = f"{self._transient_streak} transient errors in a row; last: {error_class}: {message}"
+            self._set_breaker("open", self._transient_streak, reason[:2000])
+            self._breaker_opened = time.monotonic()
+            log.error("circuit opened: %s", reason, extra={
+                "action": "breaker_opened", "projection": self.name, "error_class": error_class})
+            return StepResult(0, self.position, wait=min(self.policy.breaker.cooldown, MAINTENANCE_INTERVAL_S))
+        delay = self.policy.retry.delay(self._transient_streak)
+        log.warning("transient error, retrying in %.2f s: %s", delay, message, extra={
+            "action": "transient_retry", "projection": self.name, "attempt": self._transient_streak,
+            "error_class": error_class})
+        self._set_breaker(self._breaker_state, self._transient_streak, None)
+        return StepResult(0, self.position, wait=delay)
+
+    def _set_breaker(self, state: str, failures: int, reason: str | None) -> None:
+        self._breaker_state, self._transient_streak = state, failures
+        try:
+            self._session().set_breaker(self.name, state, failures, reason)
+        except StoreUnavailable:
+            pass  # the in-memory state still protects the dependency; stored next time
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def _run_batch(self) -> StepResult:
+        session = self._session()
+        events = session.read_all(self.position, self.batch_size)
+        if not events:
+            return StepResult(0, self.position, idle=True)
+        try:
+            self._apply_fast(events)
+        except (LeaseLost, StoreUnavailable):
+            raise
+        except Exception as exc:
+            if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                raise
+            # A permanent error somewhere in the batch: find it with one savepoint per event.
+            return self._apply_isolated(events)
+        return StepResult(len(events), self.position)
+
+    def _apply_fast(self, events: list[RecordedEvent]) -> None:
+        handlers, catch_all, blocked = self._handlers, self._catch_all, self._blocked
+        parked: Counter[int] = Counter()
+
+        def apply(tx: Transaction) -> None:
+            if not blocked:
+                for event in events:
+                    handler = handlers.get(event.type, catch_all)
+                    if handler is not None:
+                        handler(event, tx)
+                return
+            for event in events:
+                failure_id = blocked.get(event.stream_id)
+                if failure_id is not None:
+                    parked[failure_id] += 1
+                    continue
+                handler = handlers.get(event.type, catch_all)
+                if handler is not None:
+                    handler(event, tx)
+            self._session().add_parked(dict(parked))
+
+        start, end = self.position, events[-1].position
+        self._session().apply_batch(
+            self._lease(), start, end, len(events), apply, timeout=self.policy.batch_timeout)
+        self.position = end
+
+    def _apply_isolated(self, events: list[RecordedEvent]) -> StepResult:
+        """Re-runs a failed batch with one savepoint per event: the good events
+        commit with the checkpoint, each bad one is recorded (and, under park,
+        blocks its stream; under halt, ends the batch before it)."""
+        session = self._session()
+        handlers, catch_all = self._handlers, self._catch_all
+        blocked = dict(self._blocked)
+        parked: Counter[int] = Counter()
+        start = self.position
+
+        def apply(tx: Transaction) -> tuple[int, int] | None:
+            last, count = start, 0
+            for event in events:
+                failure_id = blocked.get(event.stream_id)
+                if failure_id is not None:
+                    parked[failure_id] += 1
+                else:
+                    handler = handlers.get(event.type, catch_all)
+                    if handler is not None:
+                        try:
+                            with session.savepoint():
+                                handler(event, tx)
+                        except Exception as exc:
+                            if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                                raise
+                            failure_id = self._record_failure(event, exc)
+                            if self.policy.on_error is OnError.HALT:
+                                break  # the checkpoint stops before the failing event
+                            if self.policy.on_error is OnError.PARK:
+                                blocked[event.stream_id] = failure_id
+                last, count = event.position, count + 1
+            session.add_parked(dict(parked))
+            return last, count
+
+        self._commit(start, events[-1].position, len(events), apply)
+        self._blocked = blocked
+        self._load_failures()
+        return StepResult(len(events), self.position)
+
+    def _commit(
+        self, start: int, end: int, count: int, apply: Callable[[Transaction], tuple[int, int] | None]
+    ) -> None:
+        """Commits an isolated run; ``apply`` may return the (end, count) it reached."""
+        self.position = self._session().apply_batch(
+            self._lease(), start, end, count, apply, isolated=True, timeout=self.policy.batch_timeout)
+
+    def _record_failure(self, event: RecordedEvent, exc: BaseException) -> int:
+        error_class, message = describe(exc)
+        policy = self.policy.on_error
+        if policy is OnError.SKIP:
+            status, resolution, next_retry, blocking = FailureStatus.SKIPPED, Resolution.POLICY_SKIP, None, False
+        else:
+            status, resolution, blocking = FailureStatus.RETRYING, None, True
+            next_retry = self.policy.schedule.next_retry(1, _now())
+            if next_retry is None:
+                status = FailureStatus.DEAD
+        failure_id = self._session().insert_failure(NewFailure(
+            projection=self.name, position=event.position, event_id=str(event.event_id),
+            stream_id=event.stream_id, event_type=event.type, policy=policy.value,
+            error_class=error_class, message=message[:10_000], traceback=_traceback(exc),
+            status=status, resolution=resolution, next_retry_at=next_retry, blocking=blocking,
+        ))
+        log.error("event failed: %s: %s", error_class, message[:500], extra={
+            "action": "event_failed", "projection": self.name, "position": event.position,
+            "stream_id": event.stream_id, "event_type": event.type, "policy": policy.value,
+            "failure_id": failure_id})
+        return failure_id
+
+    def _lease(self) -> Lease:
+        if self.lease is None:
+            raise LeaseLost(f"projection {self.name!r} is not held by this runner")
+        return self.lease
+
+    # -- failure maintenance: background retries and releases --------------------------------
+
+    def _maintain(self) -> None:
+        """Retries due failures and releases the streams of failures a person
+        skipped or resolved. Each failure is dealt with in its own fenced transaction."""
+        session = self._session()
+        failures = session.blocking_failures(self.name)
+        if not failures:
+            self._blocked, self._halted = {}, None
+            return
+        now = _now()
+        for failure in failures:
+            if failure.status in (FailureStatus.RESOLVED, FailureStatus.SKIPPED):
+                self._guarded(lambda f=failure: self._release(f, apply_failed=False))
+            elif failure.status is FailureStatus.RETRYING and (
+                failure.retry_requested or (failure.next_retry_at is not None and failure.next_retry_at <= now)
+            ):
+                self._guarded(lambda f=failure: self._release(f, apply_failed=True))
+        self._load_failures()
+
+    def _release(self, failure: FailureRecord, apply_failed: bool) -> StepResult:
+        """Applies the failed event (when retrying) and then its parked followers,
+        in order, in one transaction that also closes the failure. Under halt, a
+        successful retry (or a skip) moves the checkpoint past the event."""
+        session = self._session()
+        handlers, catch_all = self._handlers, self._catch_all
+        halt = failure.policy == OnError.HALT.value
+        start = self.position
+        followers = [] if halt else session.read_stream_range(failure.stream_id, failure.position, start)
+        retried = session.read_events([failure.position]) if apply_failed else []
+        outcome: dict[str, object] = {}
+
+        def apply(tx: Transaction) -> tuple[int, int] | None:
+            for event in retried:
+                handler = handlers.get(event.type, catch_all)
+                try:
+                    with session.savepoint():
+                        if handler is not None:
+                            handler(event, tx)
+                except Exception as exc:
+                    if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                        raise
+                    attempts = failure.attempts + 1
+                    next_retry = self.policy.schedule.next_retry(attempts, _now())
+                    status = FailureStatus.RETRYING if next_retry else FailureStatus.DEAD
+                    error_class, message = describe(exc)
+                    session.record_retry_failure(
+                        failure.id, status, next_retry, error_class, message[:10_000], _traceback(exc))
+                    outcome["failed"] = status.value
+                    return start, 0
+            new_block: int | None = None
+            still_parked = 0
+            for follower in followers:
+                if new_block is not None:
+                    still_parked += 1
+                    continue
+                handler = handlers.get(follower.type, catch_all)
+                if handler is None:
+                    continue
+                try:
+                    with session.savepoint():
+                        handler(follower, tx)
+                except Exception as exc:
+                    if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                        raise
+                    new_block = self._record_failure(follower, exc)
+            if new_block is not None and still_parked:
+                session.add_parked({new_block: still_parked})
+            resolution = Resolution.MANUAL_RETRY if failure.retry_requested else Resolution.AUTO_RETRY
+            session.close_failure(failure.id, resolution if apply_failed else None, 0)
+            outcome["released"] = len(followers)
+            return (failure.position, 1) if halt else (start, 0)
+
+        self._commit(start, start, 0, apply)
+        if "failed" in outcome:
+            log.warning("retry failed", extra={
+                "action": "retry_failed", "projection": self.name, "failure_id": failure.id,
+                "status": outcome["failed"]})
+        else:
+            log.info("failure released", extra={
+                "action": "failure_released", "projection": self.name, "failure_id": failure.id,
+                "followers": outcome.get("released", 0), "retried": apply_failed})
+        return StepResult(0, self.position)
+
+
+def schedule_delay(next_retry_at: datetime | None) -> float:
+    """Seconds until a scheduled retry (0 when due or unscheduled)."""
+    if next_retry_at is None:
+        return 0.0
+    return max(0.0, (next_retry_at - _now()) / timedelta(seconds=1))
