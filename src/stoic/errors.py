@@ -22,6 +22,8 @@ facts of an error are attributes, not only text.
         ├── ConcurrencyError           expected version does not match
         ├── DuplicateEventId           an event id is stored for another event
         ├── UnknownProjection          no projection has that name
+        ├── FailureNotFound            no failure has that id
+        ├── ActionRefused              an admin action that makes no sense now
         └── SchemaError                the database schema is newer / broken
 """
 
@@ -107,6 +109,14 @@ class DuplicateEventId(PermanentError):
 
 class UnknownProjection(PermanentError):
     """No projection with this name is registered."""
+
+
+class FailureNotFound(PermanentError):
+    """No failure record has this id."""
+
+
+class ActionRefused(PermanentError):
+    """The action makes no sense in the current state (e.g. retrying a resolved failure)."""
 
 
 class SchemaError(PermanentError):

@@ -46,6 +46,7 @@ from stoic.store import (
 log = logging.getLogger("stoic.runner")
 
 MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
+VERIFY_INTERVAL_S = 60.0  #: how often a runner runs the late-arrival self-check, seconds
 TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
 
 
@@ -102,6 +103,7 @@ class ProjectionRunner:
         self._breaker_opened = 0.0  # time.monotonic() when the breaker opened here
         self._paused = False
         self._next_maintenance = 0.0
+        self._next_verify = time.monotonic() + VERIFY_INTERVAL_S
 
     # -- lease and session -------------------------------------------------------------
 
@@ -189,6 +191,9 @@ class ProjectionRunner:
             self._paused = self._session().paused(self.name)
             if not self._paused and self._breaker_state != "open":
                 self._maintain()
+            if now >= self._next_verify:
+                self._next_verify = now + VERIFY_INTERVAL_S
+                self.verify()
         if self._paused:
             return StepResult(0, self.position, wait=MAINTENANCE_INTERVAL_S, idle=True)
         if self._breaker_state == "open":
@@ -355,6 +360,16 @@ class ProjectionRunner:
         if self.lease is None:
             raise LeaseLost(f"projection {self.name!r} is not held by this runner")
         return self.lease
+
+    def verify(self) -> int:
+        """Runs the late-arrival self-check; returns the events at or below the
+        checkpoint that were never processed (it should always be 0)."""
+        missing = self._session().check_late_arrivals(self.name)
+        if missing:
+            log.critical("late-arrival self-check failed: %d events were never processed", missing, extra={
+                "action": "late_arrival", "projection": self.name, "missing": missing,
+                "position": self.position})
+        return missing
 
     # -- failure maintenance: background retries and releases --------------------------------
 

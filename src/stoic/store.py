@@ -189,6 +189,70 @@ class AuditEntry:
     details: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectionDetails:
+    """Everything the store knows about a projection: checkpoint, lease, breaker,
+    pause and the last late-arrival self-check."""
+
+    name: str
+    position: int
+    events_processed: int
+    holder: str | None
+    holder_alive: bool
+    epoch: int
+    updated_at: datetime | None
+    held_since: datetime | None
+    holder_heartbeat_at: datetime | None
+    breaker_state: str
+    breaker_failures: int
+    breaker_opened_at: datetime | None
+    breaker_reason: str | None
+    paused_at: datetime | None
+    paused_by: str | None
+    paused_reason: str | None
+    verified_at: datetime | None
+    verified_missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCount:
+    """How many failures a projection has in one status, how many of them block
+    a stream, and how many events are parked behind those."""
+
+    projection: str
+    status: FailureStatus
+    count: int
+    blocking: int
+    parked: int
+    halted_at: int | None = None  #: position a halt-policy failure stopped the projection at
+
+
+@dataclass(frozen=True, slots=True)
+class FailureChange:
+    """An operator's change to a failure, applied only from ``allowed`` statuses."""
+
+    allowed: tuple[FailureStatus, ...]
+    status: FailureStatus
+    resolution: Resolution | None
+    actor: str
+    note: str | None
+    retry_requested: bool = False
+    retry_now: bool = False
+    reset_attempts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An admin action to record."""
+
+    actor: str
+    action: str
+    target: str
+    reason: str | None
+    outcome: str
+    details: dict[str, Any] | None = None
+
+
 class StoreSession(Protocol):
     """One connection, owned by one projection runner (one thread)."""
 
@@ -268,6 +332,11 @@ class StoreSession(Protocol):
     def paused(self, name: str) -> bool:
         """True when an operator paused the projection."""
 
+    def check_late_arrivals(self, name: str) -> int:
+        """The late-arrival self-check: counts committed events at or below the
+        checkpoint that the projection never processed (0 when all is well) and
+        stores the result for health."""
+
     def close(self) -> None: ...
 
 
@@ -327,6 +396,50 @@ class Store(Protocol):
 
     def projections(self) -> list[ProjectionState]:
         """Returns the state of every known projection."""
+
+    # Failures, audit and operator state (each call is its own transaction).
+
+    def list_failures(
+        self, projection: str | None = None, status: FailureStatus | None = None,
+        stream_id: str | None = None, limit: int = 100, offset: int = 0,
+    ) -> list[FailureRecord]:
+        """Returns failures, newest first, filtered by projection, status and stream."""
+
+    def get_failure(self, failure_id: int) -> FailureRecord | None:
+        """Returns one failure, or None."""
+
+    def change_failure(
+        self, failure_id: int, change: FailureChange, audit: AuditRecord
+    ) -> FailureRecord | None:
+        """Applies an operator's change if the failure's status allows it, and
+        records the audit entry, in one transaction; None when refused or unknown."""
+
+    def failure_counts(self) -> list[FailureCount]:
+        """Returns failure counts by projection and status."""
+
+    def record_audit(self, entry: AuditRecord) -> None:
+        """Records an admin action."""
+
+    def audit_log(self, limit: int = 100, offset: int = 0, action: str | None = None) -> list[AuditEntry]:
+        """Returns admin actions, newest first."""
+
+    def set_paused(self, name: str, paused: bool, actor: str | None, reason: str | None) -> bool:
+        """Pauses or resumes a projection; False if it is unknown."""
+
+    def projection_details(self) -> list[ProjectionDetails]:
+        """Returns everything known about every projection."""
+
+    def oldest_unprocessed(self, position: int) -> datetime | None:
+        """When the first event after ``position`` was recorded (None: none yet)."""
+
+    def count_upto(self, position: int) -> int:
+        """How many events are stored at or below ``position``."""
+
+    def record_verification(self, name: str, missing: int) -> None:
+        """Stores the result of a projection's late-arrival self-check."""
+
+    def now(self) -> datetime:
+        """The store's clock (the database server's, on PostgreSQL)."""
 
     def close(self) -> None: ...
 

@@ -214,3 +214,84 @@ SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = %s;
 -- name: statement_timeout
 -- Bounds every statement of the batch transaction.
 SELECT set_config('statement_timeout', %s, true);
+
+-- name: transition_failure
+-- Applies an operator's action to a failure if its status allows it.
+UPDATE stoic_failures SET status = %(status)s, resolution = %(resolution)s, actor = %(actor)s,
+    note = %(note)s, retry_requested = %(retry_requested)s,
+    next_retry_at = CASE WHEN %(retry_now)s THEN now() ELSE next_retry_at END,
+    attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE attempts END,
+    updated_at = now()
+WHERE id = %(id)s AND status = ANY(%(allowed)s)
+RETURNING id, projection, position, event_id::text, stream_id, event_type, policy, error_class, message,
+          traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution, actor,
+          note, blocking, retry_requested, parked, updated_at;
+
+-- name: failure
+-- One failure by id.
+SELECT id, projection, position, event_id::text, stream_id, event_type, policy, error_class, message,
+       traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution, actor,
+       note, blocking, retry_requested, parked, updated_at
+FROM stoic_failures WHERE id = %s;
+
+-- name: list_failures
+-- Failures, newest first, filtered by projection, status and stream (NULL = any).
+SELECT id, projection, position, event_id::text, stream_id, event_type, policy, error_class, message,
+       traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution, actor,
+       note, blocking, retry_requested, parked, updated_at
+FROM stoic_failures
+WHERE (%(projection)s::text IS NULL OR projection = %(projection)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(stream_id)s::text IS NULL OR stream_id = %(stream_id)s)
+ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: failure_counts
+-- Failures by projection and status, with blocked streams and parked events.
+SELECT projection, status, count(*), count(*) FILTER (WHERE blocking),
+       coalesce(sum(parked) FILTER (WHERE blocking), 0),
+       min(position) FILTER (WHERE blocking AND policy = 'halt')
+FROM stoic_failures GROUP BY projection, status;
+
+-- name: insert_audit
+-- Records an admin action.
+INSERT INTO stoic_audit (actor, action, target, reason, outcome, details) VALUES (%s, %s, %s, %s, %s, %s);
+
+-- name: audit_log
+-- Admin actions, newest first.
+SELECT id, at, actor, action, target, reason, outcome, details FROM stoic_audit
+WHERE (%(action)s::text IS NULL OR action = %(action)s) ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: set_paused
+-- Pauses (or resumes, with NULLs) a projection.
+UPDATE stoic_projections SET paused_at = CASE WHEN %s THEN now() END, paused_by = %s, paused_reason = %s
+WHERE name = %s;
+
+-- name: oldest_unprocessed
+-- When the first event after a checkpoint was recorded.
+SELECT recorded_at FROM stoic_events WHERE position > %s ORDER BY position LIMIT 1;
+
+-- name: count_upto
+-- How many events are at or below a position.
+SELECT count(*) FROM stoic_events WHERE position <= %s;
+
+-- name: record_verification
+-- Stores the result of the late-arrival self-check.
+UPDATE stoic_projections SET verified_at = now(), verified_missing = %s WHERE name = %s;
+
+-- name: projection_details
+-- Everything health needs about projections.
+SELECT p.name, p.position, p.events_processed, p.holder, coalesce(w.expires_at > now(), false),
+       p.epoch, p.updated_at, p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures,
+       p.breaker_opened_at, p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason,
+       p.verified_at, p.verified_missing
+FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
+ORDER BY p.name;
+
+-- name: now
+-- The database's clock.
+SELECT now();
+
+-- name: check_late_arrivals
+-- The late-arrival self-check: events at or below the checkpoint minus events processed.
+SELECT (SELECT count(*) FROM stoic_events e WHERE e.position <= p.position) - p.events_processed
+FROM stoic_projections p WHERE p.name = %s;

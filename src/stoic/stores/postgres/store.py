@@ -44,12 +44,17 @@ from stoic.errors import (
 from stoic.events import ANY, MAX_EVENT_BYTES, AppendResult, Expected, NewEvent, RecordedEvent, validate_stream_id
 from stoic.store import (
     AppendItem,
+    AuditEntry,
+    AuditRecord,
     BatchApply,
     BreakerState,
+    FailureChange,
+    FailureCount,
     FailureRecord,
     FailureStatus,
     Lease,
     NewFailure,
+    ProjectionDetails,
     ProjectionState,
     Resolution,
     Transaction,
@@ -479,6 +484,92 @@ class PostgresStore:
         """Returns the state of every known projection."""
         return [ProjectionState(*row) for row in self._read(Q["projections"])]
 
+    # -- failures, audit and operator state ------------------------------------------
+
+    def list_failures(
+        self, projection: str | None = None, status: FailureStatus | None = None,
+        stream_id: str | None = None, limit: int = 100, offset: int = 0,
+    ) -> list[FailureRecord]:
+        """Returns failures, newest first, filtered by projection, status and stream."""
+        check_read_args(offset, limit)
+        rows = self._read(Q["list_failures"], {
+            "projection": projection, "status": status.value if status else None,
+            "stream_id": stream_id, "limit": limit, "offset": offset})
+        return [failure_from_row(r) for r in rows]
+
+    def get_failure(self, failure_id: int) -> FailureRecord | None:
+        """Returns one failure, or None."""
+        rows = self._read(Q["failure"], (failure_id,))
+        return failure_from_row(rows[0]) if rows else None
+
+    def change_failure(
+        self, failure_id: int, change: FailureChange, audit: AuditRecord
+    ) -> FailureRecord | None:
+        """Applies an operator's change if allowed, with its audit entry, in one transaction."""
+        with self._connection() as conn, conn.transaction():
+            row = conn.execute(Q["transition_failure"], {
+                "id": failure_id, "status": change.status.value,
+                "resolution": change.resolution.value if change.resolution else None,
+                "actor": change.actor, "note": change.note,
+                "retry_requested": change.retry_requested, "retry_now": change.retry_now,
+                "reset_attempts": change.reset_attempts,
+                "allowed": [a.value for a in change.allowed],
+            }).fetchone()
+            outcome = audit.outcome if row is not None else "refused"
+            self._insert_audit(conn, AuditRecord(
+                audit.actor, audit.action, audit.target, audit.reason, outcome, audit.details))
+        return failure_from_row(row) if row is not None else None
+
+    @staticmethod
+    def _insert_audit(conn: psycopg.Connection[Any], entry: AuditRecord) -> None:
+        conn.execute(Q["insert_audit"], (
+            entry.actor, entry.action, entry.target, entry.reason, entry.outcome,
+            json.dumps(entry.details) if entry.details is not None else None))
+
+    def failure_counts(self) -> list[FailureCount]:
+        """Returns failure counts by projection and status."""
+        return [
+            FailureCount(p, FailureStatus(st), int(n), int(b), int(k), h)
+            for p, st, n, b, k, h in self._read(Q["failure_counts"])
+        ]
+
+    def record_audit(self, entry: AuditRecord) -> None:
+        """Records an admin action."""
+        with self._connection() as conn:
+            self._insert_audit(conn, entry)
+
+    def audit_log(self, limit: int = 100, offset: int = 0, action: str | None = None) -> list[AuditEntry]:
+        """Returns admin actions, newest first."""
+        check_read_args(offset, limit)
+        rows = self._read(Q["audit_log"], {"limit": limit, "offset": offset, "action": action})
+        return [AuditEntry(*row) for row in rows]
+
+    def set_paused(self, name: str, paused: bool, actor: str | None, reason: str | None) -> bool:
+        """Pauses or resumes a projection; False if it is unknown."""
+        return self._write(Q["set_paused"], (
+            paused, actor if paused else None, reason if paused else None, name)) == 1
+
+    def projection_details(self) -> list[ProjectionDetails]:
+        """Returns everything known about every projection."""
+        return [ProjectionDetails(*row) for row in self._read(Q["projection_details"])]
+
+    def oldest_unprocessed(self, position: int) -> datetime | None:
+        """When the first event after ``position`` was recorded (None: none yet)."""
+        rows = self._read(Q["oldest_unprocessed"], (position,))
+        return rows[0][0] if rows else None
+
+    def count_upto(self, position: int) -> int:
+        """How many events are stored at or below ``position``."""
+        return int(self._read(Q["count_upto"], (position,))[0][0])
+
+    def record_verification(self, name: str, missing: int) -> None:
+        """Stores the result of a projection's late-arrival self-check."""
+        self._write(Q["record_verification"], (missing, name))
+
+    def now(self) -> datetime:
+        """The database server's clock."""
+        return self._read(Q["now"])[0][0]  # type: ignore[no-any-return]
+
     def close(self) -> None:
         """Closes the pool and stops the listener."""
         self._closed = True
@@ -642,6 +733,13 @@ class PostgresSession:
     def paused(self, name: str) -> bool:
         rows = self._fetch(Q["paused"], (name,))
         return bool(rows and rows[0][0])
+
+    def check_late_arrivals(self, name: str) -> int:
+        rows = self._fetch(Q["check_late_arrivals"], (name,))
+        missing = int(rows[0][0]) if rows else 0
+        with translate_errors():
+            self.conn.execute(Q["record_verification"], (missing, name))
+        return missing
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):

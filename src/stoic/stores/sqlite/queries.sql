@@ -168,3 +168,66 @@ WHERE name = :name;
 -- name: paused
 -- Whether an operator paused a projection.
 SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = ?;
+
+-- name: transition_failure
+-- Applies an operator's action to a failure if its status allows it.
+UPDATE stoic_failures SET status = :status, resolution = :resolution, actor = :actor, note = :note,
+    retry_requested = :retry_requested,
+    next_retry_at = CASE WHEN :retry_now THEN :now ELSE next_retry_at END,
+    attempts = CASE WHEN :reset_attempts THEN 0 ELSE attempts END,
+    updated_at = :now
+WHERE id = :id AND status IN (SELECT value FROM json_each(:allowed))
+RETURNING *;
+
+-- name: list_failures
+-- Failures, newest first, filtered by projection, status and stream (NULL = any).
+SELECT * FROM stoic_failures
+WHERE (:projection IS NULL OR projection = :projection)
+  AND (:status IS NULL OR status = :status)
+  AND (:stream_id IS NULL OR stream_id = :stream_id)
+ORDER BY id DESC LIMIT :limit OFFSET :offset;
+
+-- name: failure_counts
+-- Failures by projection and status, with blocked streams and parked events.
+SELECT projection, status, count(*), sum(blocking), sum(CASE WHEN blocking = 1 THEN parked ELSE 0 END),
+       min(CASE WHEN blocking = 1 AND policy = 'halt' THEN position END)
+FROM stoic_failures GROUP BY projection, status;
+
+-- name: insert_audit
+-- Records an admin action.
+INSERT INTO stoic_audit (at, actor, action, target, reason, outcome, details) VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: audit_log
+-- Admin actions, newest first.
+SELECT id, at, actor, action, target, reason, outcome, details FROM stoic_audit
+WHERE (:action IS NULL OR action = :action) ORDER BY id DESC LIMIT :limit OFFSET :offset;
+
+-- name: set_paused
+-- Pauses (or resumes, with NULLs) a projection.
+UPDATE stoic_projections SET paused_at = ?, paused_by = ?, paused_reason = ? WHERE name = ?;
+
+-- name: oldest_unprocessed
+-- When the first event after a checkpoint was recorded.
+SELECT recorded_at FROM stoic_events WHERE position > ? ORDER BY position LIMIT 1;
+
+-- name: count_upto
+-- How many events are at or below a position.
+SELECT count(*) FROM stoic_events WHERE position <= ?;
+
+-- name: record_verification
+-- Stores the result of the late-arrival self-check.
+UPDATE stoic_projections SET verified_at = ?, verified_missing = ? WHERE name = ?;
+
+-- name: projection_details
+-- Everything health needs about projections.
+SELECT p.name, p.position, p.events_processed, p.holder,
+       (w.expires_at IS NOT NULL AND w.expires_at > :now) AS holder_alive, p.epoch, p.updated_at,
+       p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures, p.breaker_opened_at,
+       p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason, p.verified_at, p.verified_missing
+FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
+ORDER BY p.name;
+
+-- name: check_late_arrivals
+-- The late-arrival self-check: events at or below the checkpoint minus events processed.
+SELECT (SELECT count(*) FROM stoic_events e WHERE e.position <= p.position) - p.events_processed
+FROM stoic_projections p WHERE p.name = ?;

@@ -43,12 +43,17 @@ from stoic.events import (
 )
 from stoic.store import (
     AppendItem,
+    AuditEntry,
+    AuditRecord,
     BatchApply,
     BreakerState,
+    FailureChange,
+    FailureCount,
     FailureRecord,
     FailureStatus,
     Lease,
     NewFailure,
+    ProjectionDetails,
     ProjectionState,
     Resolution,
     Transaction,
@@ -466,6 +471,111 @@ class SQLiteStore:
             for (n, p, c, h, a, e, u) in self._read(Q["projections"], (time.time(),))
         ]
 
+    # -- failures, audit and operator state ------------------------------------------
+
+    def list_failures(
+        self, projection: str | None = None, status: FailureStatus | None = None,
+        stream_id: str | None = None, limit: int = 100, offset: int = 0,
+    ) -> list[FailureRecord]:
+        """Returns failures, newest first, filtered by projection, status and stream."""
+        check_read_args(offset, limit)
+        rows = self._read(Q["list_failures"], {
+            "projection": projection, "status": status.value if status else None,
+            "stream_id": stream_id, "limit": limit, "offset": offset})
+        return [failure_from_row(r) for r in rows]
+
+    def get_failure(self, failure_id: int) -> FailureRecord | None:
+        """Returns one failure, or None."""
+        rows = self._read(Q["failure"], (failure_id,))
+        return failure_from_row(rows[0]) if rows else None
+
+    def change_failure(
+        self, failure_id: int, change: FailureChange, audit: AuditRecord
+    ) -> FailureRecord | None:
+        """Applies an operator's change if allowed, with its audit entry, in one transaction."""
+        conn = self._conn()
+        now = time.time()
+        with self.write_transaction(conn):
+            row = conn.execute(Q["transition_failure"], {
+                "id": failure_id, "status": change.status.value,
+                "resolution": change.resolution.value if change.resolution else None,
+                "actor": change.actor, "note": change.note,
+                "retry_requested": int(change.retry_requested), "retry_now": int(change.retry_now),
+                "reset_attempts": int(change.reset_attempts), "now": now,
+                "allowed": json.dumps([a.value for a in change.allowed]),
+            }).fetchone()
+            outcome = audit.outcome if row is not None else "refused"
+            self._insert_audit(conn, AuditRecord(
+                audit.actor, audit.action, audit.target, audit.reason, outcome, audit.details), now)
+        return failure_from_row(row) if row is not None else None
+
+    @staticmethod
+    def _insert_audit(conn: sqlite3.Connection, entry: AuditRecord, now: float) -> None:
+        conn.execute(Q["insert_audit"], (
+            now, entry.actor, entry.action, entry.target, entry.reason, entry.outcome,
+            json.dumps(entry.details) if entry.details is not None else None))
+
+    def failure_counts(self) -> list[FailureCount]:
+        """Returns failure counts by projection and status."""
+        return [
+            FailureCount(p, FailureStatus(st), int(n), int(b or 0), int(k or 0), h)
+            for p, st, n, b, k, h in self._read(Q["failure_counts"])
+        ]
+
+    def record_audit(self, entry: AuditRecord) -> None:
+        """Records an admin action."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            self._insert_audit(conn, entry, time.time())
+
+    def audit_log(self, limit: int = 100, offset: int = 0, action: str | None = None) -> list[AuditEntry]:
+        """Returns admin actions, newest first."""
+        check_read_args(offset, limit)
+        rows = self._read(Q["audit_log"], {"limit": limit, "offset": offset, "action": action})
+        return [
+            AuditEntry(i, _ts(at), actor, act, target, reason, outcome,  # type: ignore[arg-type]
+                       json.loads(details) if details else None)
+            for i, at, actor, act, target, reason, outcome, details in rows
+        ]
+
+    def set_paused(self, name: str, paused: bool, actor: str | None, reason: str | None) -> bool:
+        """Pauses or resumes a projection; False if it is unknown."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            return conn.execute(Q["set_paused"], (
+                time.time() if paused else None, actor if paused else None,
+                reason if paused else None, name)).rowcount == 1
+
+    def projection_details(self) -> list[ProjectionDetails]:
+        """Returns everything known about every projection."""
+        details = []
+        for row in self._read(Q["projection_details"], {"now": time.time()}):
+            values = list(row)
+            values[4] = bool(values[4])
+            for i in (6, 7, 8, 11, 13, 16):
+                values[i] = _ts(values[i])
+            details.append(ProjectionDetails(*values))
+        return details
+
+    def oldest_unprocessed(self, position: int) -> datetime | None:
+        """When the first event after ``position`` was recorded (None: none yet)."""
+        rows = self._read(Q["oldest_unprocessed"], (position,))
+        return _ts(rows[0][0]) if rows else None
+
+    def count_upto(self, position: int) -> int:
+        """How many events are stored at or below ``position``."""
+        return int(self._read(Q["count_upto"], (position,))[0][0])
+
+    def record_verification(self, name: str, missing: int) -> None:
+        """Stores the result of a projection's late-arrival self-check."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            conn.execute(Q["record_verification"], (time.time(), missing, name))
+
+    def now(self) -> datetime:
+        """The store's clock."""
+        return datetime.now(tz=UTC)
+
     def close(self) -> None:
         """Closes every connection this store opened."""
         self._closed = True
@@ -632,6 +742,13 @@ class SQLiteSession:
     def paused(self, name: str) -> bool:
         rows = self._fetch(Q["paused"], (name,))
         return bool(rows and rows[0][0])
+
+    def check_late_arrivals(self, name: str) -> int:
+        rows = self._fetch(Q["check_late_arrivals"], (name,))
+        missing = int(rows[0][0]) if rows else 0
+        with self.store.write_transaction(self.conn):
+            self.conn.execute(Q["record_verification"], (time.time(), missing, name))
+        return missing
 
     def close(self) -> None:
         if not self.store.memory:

@@ -1,0 +1,252 @@
+"""Operator actions on failures and projections: the one set of operations that
+the Python API, the CLI and the HTTP API all call.
+
+Every action is recorded in the audit log with who, what, when and why —
+refused ones too — and refused with a typed error when it makes no sense.
+The actions only change state; the worker holding the projection does the work
+(a retry, applying the parked events), so they are safe to call from any
+process while workers run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from stoic.errors import ActionRefused, FailureNotFound, InvalidArgument, UnknownProjection
+from stoic.health import Cause, ProjectionHealth, Status, Thresholds, assess
+from stoic.store import (
+    OPEN_STATUSES,
+    AuditEntry,
+    AuditRecord,
+    FailureChange,
+    FailureRecord,
+    FailureStatus,
+    Resolution,
+    Store,
+)
+
+MAX_REASON_CHARS = 2000  #: longest reason an operator may give
+
+
+def _reason(reason: str | None, required: bool, action: str) -> str | None:
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidArgument(f"{action}: reason must be text")
+    reason = (reason or "").strip() or None
+    if required and reason is None:
+        raise InvalidArgument(f"{action}: a reason is required (say why, for the audit log)")
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        raise InvalidArgument(f"{action}: reason is over {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def _actor(actor: str) -> str:
+    if not isinstance(actor, str) or not actor.strip():
+        raise InvalidArgument("actor must name who acts (a user or a service)")
+    return actor.strip()[:200]
+
+
+class Operations:
+    """Lists failures and changes them, pauses and resumes projections.
+
+    Parameters
+    ----------
+    store:
+        The store to act on.
+    projections:
+        Names of the projections the application knows, to refuse unknown
+        names; when omitted, the names the store has seen are used.
+    """
+
+    def __init__(
+        self, store: Store, projections: Iterable[str] | None = None, thresholds: Thresholds | None = None
+    ) -> None:
+        self.store = store
+        self._known = set(projections) if projections is not None else None
+        self.thresholds = thresholds or Thresholds()
+        self._samples: dict[str, tuple[float, int, float | None]] = {}
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self) -> list[ProjectionHealth]:
+        """Returns the health of every projection (the app's, and any the store knows)."""
+        head = self.store.head()
+        now = self.store.now()
+        counts = self.store.failure_counts()
+        results = []
+        seen = set()
+        for details in self.store.projection_details():
+            seen.add(details.name)
+            oldest = self.store.oldest_unprocessed(details.position) if details.position < head else None
+            halted = [c.halted_at for c in counts if c.projection == details.name and c.halted_at is not None]
+            results.append(assess(
+                details, head, oldest, counts, now, self.thresholds,
+                halted_at=min(halted) if halted else None,
+                throughput=self._throughput(details.name, details.events_processed)))
+        for name in sorted((self._known or set()) - seen):
+            results.append(ProjectionHealth(
+                name=name, status=Status.OFFLINE,
+                causes=(Cause("never_started", Status.OFFLINE, "no worker has run this projection yet"),),
+                position=0, head=head, lag_events=head, lag_seconds=0.0, events_processed=0))
+        return results
+
+    def projection_health(self, name: str) -> ProjectionHealth:
+        """Returns one projection's health; raises UnknownProjection."""
+        self._check_projection(name)
+        for item in self.health():
+            if item.name == name:
+                return item
+        raise UnknownProjection(f"no projection named {name!r}", name=name)
+
+    def _throughput(self, name: str, processed: int) -> float | None:
+        """Events/s since the previous sample of this projection (at least 1 s apart)."""
+        now = time.monotonic()
+        previous = self._samples.get(name)
+        if previous is None:
+            self._samples[name] = (now, processed, None)
+            return None
+        at, count, rate = previous
+        if now - at >= 1.0:
+            rate = max(0.0, (processed - count) / (now - at))
+            self._samples[name] = (now, processed, rate)
+        return rate
+
+    def _check_projection(self, name: str) -> str:
+        known = self._known if self._known is not None else {p.name for p in self.store.projections()}
+        if name not in known:
+            raise UnknownProjection(
+                f"no projection named {name!r} (known: {', '.join(sorted(known)) or 'none'})", name=name)
+        return name
+
+    # -- reading ------------------------------------------------------------------------
+
+    def failures(
+        self,
+        projection: str | None = None,
+        status: FailureStatus | str | None = None,
+        stream_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[FailureRecord]:
+        """Returns failures, newest first, filtered by projection, status and stream."""
+        if projection is not None:
+            self._check_projection(projection)
+        return self.store.list_failures(projection, _status(status), stream_id, limit, offset)
+
+    def failure(self, failure_id: int) -> FailureRecord:
+        """Returns one failure; raises FailureNotFound."""
+        failure = self.store.get_failure(_failure_id(failure_id))
+        if failure is None:
+            raise FailureNotFound(f"no failure with id {failure_id}", failure_id=failure_id)
+        return failure
+
+    def audit(self, limit: int = 100, offset: int = 0, action: str | None = None) -> list[AuditEntry]:
+        """Returns recorded admin actions, newest first."""
+        return self.store.audit_log(limit, offset, action)
+
+    # -- acting on failures -----------------------------------------------------------------
+
+    def retry(self, failure_id: int, actor: str, reason: str | None = None) -> FailureRecord:
+        """Asks for an immediate retry of a retrying or dead failure."""
+        return self._change(failure_id, "retry", actor, _reason(reason, False, "retry"), FailureChange(
+            allowed=OPEN_STATUSES, status=FailureStatus.RETRYING, resolution=None, actor=_actor(actor),
+            note=reason, retry_requested=True, retry_now=True))
+
+    def revive(self, failure_id: int, actor: str, reason: str | None = None) -> FailureRecord:
+        """Brings a dead failure back to retrying, with its whole retry schedule."""
+        return self._change(failure_id, "revive", actor, _reason(reason, False, "revive"), FailureChange(
+            allowed=(FailureStatus.DEAD,), status=FailureStatus.RETRYING, resolution=None,
+            actor=_actor(actor), note=reason, retry_requested=True, retry_now=True, reset_attempts=True))
+
+    def skip(self, failure_id: int, actor: str, reason: str) -> FailureRecord:
+        """Gives up on the event for good; its parked followers are then applied."""
+        why = _reason(reason, True, "skip")
+        return self._change(failure_id, "skip", actor, why, FailureChange(
+            allowed=OPEN_STATUSES, status=FailureStatus.SKIPPED, resolution=Resolution.MANUAL_SKIP,
+            actor=_actor(actor), note=why))
+
+    def resolve(self, failure_id: int, actor: str, reason: str) -> FailureRecord:
+        """Marks the failure fixed by hand; its parked followers are then applied."""
+        why = _reason(reason, True, "resolve")
+        return self._change(failure_id, "resolve", actor, why, FailureChange(
+            allowed=OPEN_STATUSES, status=FailureStatus.RESOLVED, resolution=Resolution.MANUAL_RESOLVE,
+            actor=_actor(actor), note=why))
+
+    def retry_all(self, projection: str, actor: str, reason: str | None = None) -> list[FailureRecord]:
+        """Asks for an immediate retry of every retrying or dead failure of a projection."""
+        self._check_projection(projection)
+        why = _reason(reason, False, "retry-all")
+        changed = []
+        for status in OPEN_STATUSES:
+            while True:
+                batch = self.store.list_failures(projection, status, None, 500, 0)
+                pending = [f for f in batch if not f.retry_requested]
+                for failure in pending:
+                    updated = self.store.change_failure(failure.id, FailureChange(
+                        allowed=OPEN_STATUSES, status=FailureStatus.RETRYING, resolution=None,
+                        actor=_actor(actor), note=why, retry_requested=True, retry_now=True,
+                    ), AuditRecord(_actor(actor), "retry", f"failure:{failure.id}", why, "ok",
+                                   {"via": "retry-all", "projection": projection}))
+                    if updated is not None:
+                        changed.append(updated)
+                if len(batch) < 500 or not pending:
+                    break
+        self.store.record_audit(AuditRecord(
+            _actor(actor), "retry-all", f"projection:{projection}", why, f"ok: {len(changed)} failures",
+            {"failure_ids": [f.id for f in changed][:1000]}))
+        return changed
+
+    def _change(
+        self, failure_id: int, action: str, actor: str, reason: str | None, change: FailureChange
+    ) -> FailureRecord:
+        failure_id = _failure_id(failure_id)
+        target = f"failure:{failure_id}"
+        updated = self.store.change_failure(
+            failure_id, change, AuditRecord(_actor(actor), action, target, reason, "ok"))
+        if updated is not None:
+            return updated
+        current = self.store.get_failure(failure_id)
+        if current is None:
+            raise FailureNotFound(f"no failure with id {failure_id}", failure_id=failure_id)
+        how = f" ({current.resolution.value} by {current.actor})" if current.resolution and current.actor else ""
+        allowed = " or ".join(s.value for s in change.allowed)
+        raise ActionRefused(
+            f"cannot {action} failure {failure_id}: it is {current.status.value}{how}; "
+            f"{action} applies to {allowed} failures",
+            failure_id=failure_id, status=current.status.value, action=action,
+        )
+
+    # -- acting on projections ----------------------------------------------------------------
+
+    def pause(self, projection: str, actor: str, reason: str | None = None) -> None:
+        """Pauses a projection: its holder stops after the batch in hand."""
+        self._pause(projection, True, actor, _reason(reason, False, "pause"))
+
+    def resume(self, projection: str, actor: str, reason: str | None = None) -> None:
+        """Resumes a paused projection."""
+        self._pause(projection, False, actor, _reason(reason, False, "resume"))
+
+    def _pause(self, projection: str, paused: bool, actor: str, reason: str | None) -> None:
+        self._check_projection(projection)
+        action = "pause" if paused else "resume"
+        ok = self.store.set_paused(projection, paused, _actor(actor), reason)
+        self.store.record_audit(AuditRecord(
+            _actor(actor), action, f"projection:{projection}", reason, "ok" if ok else "refused"))
+        if not ok:
+            raise UnknownProjection(f"projection {projection!r} has never run", name=projection)
+
+
+def _status(status: FailureStatus | str | None) -> FailureStatus | None:
+    if status is None or isinstance(status, FailureStatus):
+        return status
+    try:
+        return FailureStatus(status)
+    except ValueError:
+        choices = ", ".join(s.value for s in FailureStatus)
+        raise InvalidArgument(f"status must be one of {choices}, got {status!r}") from None
+
+
+def _failure_id(failure_id: object) -> int:
+    if isinstance(failure_id, bool) or not isinstance(failure_id, int) or failure_id < 1:
+        raise InvalidArgument(f"failure id must be a positive integer, got {failure_id!r}")
+    return failure_id
