@@ -45,6 +45,7 @@ from stoic.store import (
 
 log = logging.getLogger("stoic.runner")
 
+SUSPECT_BATCHES = 5  #: after a batch with failures, this many batches start with savepoints
 MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
 VERIFY_INTERVAL_S = 60.0  #: how often a runner runs the late-arrival self-check, seconds
 TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
@@ -103,6 +104,7 @@ class ProjectionRunner:
         self._breaker_opened = 0.0  # time.monotonic() when the breaker opened here
         self._paused = False
         self._next_maintenance = 0.0
+        self._suspect = 0  # batches left to run with savepoints from the start
         self._next_verify = time.monotonic() + VERIFY_INTERVAL_S
 
     # -- lease and session -------------------------------------------------------------
@@ -251,6 +253,9 @@ class ProjectionRunner:
         events = session.read_all(self.position, self.batch_size)
         if not events:
             return StepResult(0, self.position, idle=True)
+        if self._suspect:
+            # Failures are recent: run straight with savepoints instead of failing twice.
+            return self._apply_isolated(events)
         try:
             self._apply_fast(events)
         except (LeaseLost, StoreUnavailable):
@@ -291,12 +296,29 @@ class ProjectionRunner:
     def _apply_isolated(self, events: list[RecordedEvent]) -> StepResult:
         """Re-runs a failed batch with one savepoint per event: the good events
         commit with the checkpoint, each bad one is recorded (and, under park,
-        blocks its stream; under halt, ends the batch before it)."""
+        blocks its stream; under halt, ends the batch before it).
+
+        Savepoints are pipelined first. If an SQL error (not a Python exception)
+        aborts that run, it cannot be pinned to an event, so the batch is run once
+        more with every statement waiting for its result."""
+        try:
+            failed = self._isolated_run(events, pipeline=True)
+        except (LeaseLost, StoreUnavailable):
+            raise
+        except Exception as exc:
+            if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                raise
+            failed = self._isolated_run(events, pipeline=False)
+        self._suspect = SUSPECT_BATCHES if failed else max(0, self._suspect - 1)
+        return StepResult(len(events), self.position)
+
+    def _isolated_run(self, events: list[RecordedEvent], pipeline: bool) -> int:
         session = self._session()
         handlers, catch_all = self._handlers, self._catch_all
         blocked = dict(self._blocked)
         parked: Counter[int] = Counter()
         start = self.position
+        failed: list[int] = []
 
         def apply(tx: Transaction) -> tuple[int, int] | None:
             last, count = start, 0
@@ -314,6 +336,7 @@ class ProjectionRunner:
                             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                                 raise
                             failure_id = self._record_failure(event, exc)
+                            failed.append(failure_id)
                             if self.policy.on_error is OnError.HALT:
                                 break  # the checkpoint stops before the failing event
                             if self.policy.on_error is OnError.PARK:
@@ -322,17 +345,19 @@ class ProjectionRunner:
             session.add_parked(dict(parked))
             return last, count
 
-        self._commit(start, events[-1].position, len(events), apply)
-        self._blocked = blocked
-        self._load_failures()
-        return StepResult(len(events), self.position)
+        self.position = session.apply_batch(
+            self._lease(), start, events[-1].position, len(events), apply, pipeline=pipeline,
+            timeout=self.policy.batch_timeout)
+        if failed:
+            self._load_failures()
+        return len(failed)
 
     def _commit(
         self, start: int, end: int, count: int, apply: Callable[[Transaction], tuple[int, int] | None]
     ) -> None:
-        """Commits an isolated run; ``apply`` may return the (end, count) it reached."""
+        """Commits a run that may stop early; ``apply`` may return the (end, count) it reached."""
         self.position = self._session().apply_batch(
-            self._lease(), start, end, count, apply, isolated=True, timeout=self.policy.batch_timeout)
+            self._lease(), start, end, count, apply, pipeline=False, timeout=self.policy.batch_timeout)
 
     def _record_failure(self, event: RecordedEvent, exc: BaseException) -> int:
         error_class, message = describe(exc)

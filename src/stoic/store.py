@@ -273,7 +273,7 @@ class StoreSession(Protocol):
 
     def apply_batch(
         self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
-        *, isolated: bool = False, timeout: float | None = None,
+        *, pipeline: bool = True, timeout: float | None = None,
     ) -> int:
         """Runs ``apply(tx)`` and moves the checkpoint from ``start`` to ``end`` in one
         transaction, fenced by the lease; raises LeaseLost (and commits nothing) if the
@@ -281,9 +281,10 @@ class StoreSession(Protocol):
         ``apply`` returns ``(end, count)`` those are used instead (a run that stopped
         early). Returns the committed checkpoint.
 
-        ``isolated`` runs each statement to completion (so that :meth:`savepoint`
-        can catch a failing event) instead of pipelining; ``timeout`` (seconds)
-        cancels the batch and raises OperationTimeout when it runs too long."""
+        ``pipeline=False`` makes every statement wait for its result (so that an
+        SQL error surfaces in the handler that caused it) where the backend would
+        otherwise pipeline; ``timeout`` (seconds) cancels the batch and raises
+        OperationTimeout when it runs too long."""
 
     def checkpoint(self, name: str) -> int:
         """Returns the projection's committed checkpoint position."""

@@ -621,7 +621,7 @@ class PostgresSession:
 
     def apply_batch(
         self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
-        *, isolated: bool = False, timeout: float | None = None,
+        *, pipeline: bool = True, timeout: float | None = None,
     ) -> int:
         params = {"end": end, "count": count, "name": lease.projection, "start": start,
                   "worker": lease.worker_id, "epoch": lease.epoch}
@@ -629,15 +629,15 @@ class PostgresSession:
             with self.conn.transaction():
                 if timeout is not None:
                     self.conn.execute(Q["statement_timeout"], (f"{int(timeout * 1000)}ms",), prepare=True)
-                if isolated:
-                    # The slow path: each statement waits for its result, so that a
-                    # savepoint can catch the one event that failed.
+                if not pipeline:
+                    # The strict path: each statement waits for its result, so that an
+                    # SQL error is raised inside the savepoint of the event that caused it.
                     reached = apply(PostgresTransaction(self.conn))
                     if reached is not None:
                         params["end"], params["count"] = reached
                     cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
                 else:
-                    # The fast path: handler writes are pipelined, no round trip each.
+                    # Handler writes (and savepoints) are pipelined: no round trip each.
                     with self.conn.pipeline():
                         reached = apply(PostgresTransaction(self.conn))
                         if reached is not None:

@@ -632,7 +632,7 @@ class SQLiteSession:
 
     def apply_batch(
         self, lease: Lease, start: int, end: int, count: int, apply: BatchApply,
-        *, isolated: bool = False, timeout: float | None = None,
+        *, pipeline: bool = True, timeout: float | None = None,
     ) -> int:
         with Watchdog(self.conn.interrupt, timeout) as watchdog, self.store.write_transaction(self.conn):
             reached = apply(SQLiteTransaction(self.conn))
