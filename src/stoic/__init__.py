@@ -6,10 +6,12 @@ PostgreSQL (several workers on several machines).
 """
 
 from stoic.errors import (
+    ActionRefused,
     ConcurrencyError,
     ConfigurationError,
     DuplicateEventId,
     EventTooLarge,
+    FailureNotFound,
     InvalidArgument,
     InvalidEvent,
     LeaseLost,
@@ -33,12 +35,14 @@ __all__ = [
     "ALL",
     "ANY",
     "NO_STREAM",
+    "ActionRefused",
     "App",
     "AppendResult",
     "ConcurrencyError",
     "ConfigurationError",
     "DuplicateEventId",
     "EventTooLarge",
+    "FailureNotFound",
     "InvalidArgument",
     "InvalidEvent",
     "LeaseLost",

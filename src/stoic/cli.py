@@ -81,12 +81,25 @@ def worker(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:
+            # A worker that dies must not exit 0: supervisors restart on failure only.
+            logging.getLogger("stoic").critical("worker crashed: %s", exc, exc_info=True, extra={
+                "action": "worker_crashed", "worker": runner.worker_id})
+            crashed.append(exc)
+
     # The worker runs in a thread so that the main thread stays free to take signals.
-    thread = threading.Thread(target=runner.run, name="stoic-worker")
+    thread = threading.Thread(target=run, name="stoic-worker")
     thread.start()
     while thread.is_alive():
         thread.join(0.2)
     store.close()
+    if crashed:
+        raise _fail(crashed[0]) from None
 
 
 @app.command()

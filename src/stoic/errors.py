@@ -102,6 +102,10 @@ class ConcurrencyError(PermanentError):
             actual=actual,
         )
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from its facts: the default (cls, (message,)) does not fit __init__.
+        return (type(self), (self.stream_id, self.expected, self.actual))
+
 
 class DuplicateEventId(PermanentError):
     """An event id is already stored for a different event; nothing was written."""

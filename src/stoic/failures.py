@@ -17,7 +17,7 @@ background on a schedule, then dead).
 from __future__ import annotations
 
 import random
-import sqlite3
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,7 +44,12 @@ def _builtin(exc: BaseException) -> Kind:
         return Kind.PERMANENT
     if isinstance(exc, TransientError | TimeoutError | ConnectionError):
         return Kind.TRANSIENT
-    if isinstance(exc, sqlite3.OperationalError):
+    # The core imports no driver: if sqlite3 was never loaded, exc is not one of its errors.
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.OperationalError):
+        # SQLITE_ERROR is an error in the SQL itself (no such table, syntax): permanent.
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+            return Kind.PERMANENT
         return Kind.TRANSIENT
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate in TRANSIENT_SQLSTATES:

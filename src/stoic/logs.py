@@ -52,3 +52,9 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The driver's warnings (psycopg, psycopg.pool: "discarding broken connection")
+    # would otherwise reach stderr as bare text lines in the middle of a JSON log.
+    driver = logging.getLogger("psycopg")
+    driver.handlers[:] = [handler]
+    driver.setLevel(max(root.level, logging.WARNING))
+    driver.propagate = False

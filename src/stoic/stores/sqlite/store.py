@@ -89,6 +89,8 @@ def translate_errors() -> Iterator[None]:
     except StoicError:
         raise
     except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+            raise  # an error in the SQL itself (no such table, syntax): the caller's, permanent
         message = str(exc)
         lowered = message.lower()
         if "interrupted" in lowered:

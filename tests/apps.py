@@ -1,0 +1,430 @@
+"""Test applications and a small process harness for the integration and chaos suites.
+
+The projections here keep a per-event LEDGER (position PRIMARY KEY, with an
+``applied`` counter bumped on conflict, so a second application of an event is
+counted instead of hidden) and a BALANCE table (the read model). At the end of a
+test :func:`check_exactly_once` proves: every event applied exactly once to every
+projection, the checkpoint agrees with the ledger, and the read model equals the
+fold of the events.
+
+Worker subprocesses import this module (``--app tests.apps:make_app``) with
+``PYTHONPATH`` set to the repository root; ``python -m tests.apps`` runs the
+appender processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import stoic
+from stoic import App, NewEvent, Projection, RecordedEvent, Transaction, handles_all
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("STOIC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# -- the projection ------------------------------------------------------------------
+
+
+class LedgerProjection(Projection):
+    """Records every event it applies in ``<name>_ledger`` and folds amounts per
+    stream into ``<name>_balance``.
+
+    ``slow_s`` sleeps after each event (to keep a batch's transaction open a while);
+    ``hook(event)`` runs before each event is applied (tests use it as a gate).
+    """
+
+    def __init__(
+        self, name: str, slow_s: float = 0.0, hook: Callable[[RecordedEvent], None] | None = None
+    ) -> None:
+        self.name = name  # type: ignore[misc]
+        self.slow_s = slow_s
+        self.hook = hook
+        self.ledger = f"{name}_ledger"
+        self.balance = f"{name}_balance"
+        self._insert_ledger = (
+            f"INSERT INTO {self.ledger} (position, event_id, stream_id, applied, pid) VALUES (?, ?, ?, 1, ?) "
+            f"ON CONFLICT (position) DO UPDATE SET applied = {self.ledger}.applied + 1"
+        )
+        self._upsert_balance = (
+            f"INSERT INTO {self.balance} (account, balance, events) VALUES (?, ?, 1) "
+            f"ON CONFLICT (account) DO UPDATE SET balance = {self.balance}.balance + excluded.balance, "
+            f"events = {self.balance}.events + 1"
+        )
+
+    def setup(self, tx: Transaction) -> None:
+        tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.ledger} (position BIGINT PRIMARY KEY, event_id TEXT NOT NULL, "
+            "stream_id TEXT NOT NULL, applied INTEGER NOT NULL, pid INTEGER NOT NULL)"
+        )
+        tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.balance} (account TEXT PRIMARY KEY, balance BIGINT NOT NULL, "
+            "events BIGINT NOT NULL)"
+        )
+
+    def reset(self, tx: Transaction) -> None:
+        tx.execute(f"DELETE FROM {self.ledger}")
+        tx.execute(f"DELETE FROM {self.balance}")
+
+    @handles_all
+    def apply(self, event: RecordedEvent, tx: Transaction) -> None:
+        if self.hook is not None:
+            self.hook(event)
+        tx.execute(self._insert_ledger, (event.position, str(event.event_id), event.stream_id, os.getpid()))
+        tx.execute(self._upsert_balance, (event.stream_id, signed_amount(event)))
+        if self.slow_s:
+            time.sleep(self.slow_s)
+
+
+def projection_names(count: int) -> list[str]:
+    return [f"ledger_{chr(ord('a') + i)}" for i in range(count)]
+
+
+def make_app() -> App:
+    """The worker's app: ``STOIC_TEST_PROJECTIONS`` ledger projections (default 2),
+    each sleeping ``STOIC_TEST_SLOW_MS`` milliseconds per event (default 0)."""
+    count = int(os.environ.get("STOIC_TEST_PROJECTIONS", "2"))
+    slow_s = float(os.environ.get("STOIC_TEST_SLOW_MS", "0")) / 1000
+    return App([LedgerProjection(name, slow_s) for name in projection_names(count)], name="chaos")
+
+
+# -- events and the fold -------------------------------------------------------------
+
+
+def signed_amount(event: RecordedEvent) -> int:
+    amount = int(event.data.get("amount", 0))
+    return -amount if event.type == "Withdrawn" else amount
+
+
+def random_event(rng: random.Random, **extra: Any) -> NewEvent:
+    if rng.random() < 0.7:
+        return NewEvent("Deposited", {"amount": rng.randint(1, 100), **extra})
+    return NewEvent("Withdrawn", {"amount": rng.randint(1, 50), **extra})
+
+
+def append_bulk(store: stoic.Store, count: int, seed: int = 0, streams: int = 200, chunk: int = 5000) -> None:
+    """Appends ``count`` random events over ``streams`` streams, ``chunk`` per transaction."""
+    rng = random.Random(seed)
+    done = 0
+    while done < count:
+        size = min(chunk, count - done)
+        per_stream: dict[str, list[NewEvent]] = defaultdict(list)
+        for _ in range(size):
+            per_stream[f"acct-{rng.randrange(streams)}"].append(random_event(rng))
+        store.append_many([(stream, events, stoic.ANY) for stream, events in per_stream.items()])
+        done += size
+
+
+def fold(events: Iterable[RecordedEvent]) -> dict[str, tuple[int, int]]:
+    """The read model a correct projection must hold: ``{stream: (balance, events)}``."""
+    balances: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for event in events:
+        entry = balances[event.stream_id]
+        entry[0] += signed_amount(event)
+        entry[1] += 1
+    return {stream: (b, n) for stream, (b, n) in balances.items()}
+
+
+def check_exactly_once(store: stoic.Store, names: Iterable[str], upto: int | None = None) -> dict[str, int]:
+    """Asserts, for each projection, that every event up to its checkpoint (and, if
+    ``upto`` is given, the checkpoint is ``upto``) was applied exactly once, none
+    after it, and that the read model equals the fold. Returns the checkpoints."""
+    events = list(store.iter_all(batch_size=10_000))
+    positions = [e.position for e in events]
+    assert positions == list(range(1, len(events) + 1)), "global positions are not 1..N without gaps"
+    states = {s.name: s for s in store.projections()}
+    checkpoints = {}
+    for name in names:
+        checkpoint = states[name].position
+        checkpoints[name] = checkpoint
+        if upto is not None:
+            assert checkpoint == upto, f"{name}: checkpoint {checkpoint}, expected {upto}"
+        repeated = store.query(
+            f"SELECT position, applied FROM {name}_ledger WHERE applied <> 1 ORDER BY position LIMIT 20"
+        )
+        assert not repeated, f"{name}: events applied more than once (position, times): {repeated}"
+        ledger = store.query(f"SELECT position, event_id FROM {name}_ledger ORDER BY position")
+        expected = [(e.position, str(e.event_id)) for e in events[:checkpoint]]
+        got = [(int(p), str(i)) for p, i in ledger]
+        if got != expected:
+            missing = sorted({p for p, _ in expected} - {p for p, _ in got})[:20]
+            extra = sorted({p for p, _ in got} - {p for p, _ in expected})[:20]
+            raise AssertionError(
+                f"{name}: ledger does not match events 1..{checkpoint}: "
+                f"{len(got)} rows; missing {missing}; beyond checkpoint or unknown {extra}"
+            )
+        model = {
+            a: (int(b), int(n))
+            for a, b, n in store.query(f"SELECT account, balance, events FROM {name}_balance")
+        }
+        want = fold(events[:checkpoint])
+        assert model == want, f"{name}: read model differs from the fold of events 1..{checkpoint}"
+        assert states[name].events_processed == checkpoint, (
+            f"{name}: events_processed {states[name].events_processed} != checkpoint {checkpoint}"
+        )
+    return checkpoints
+
+
+def checkpoints(store: stoic.Store) -> dict[str, int]:
+    return {s.name: s.position for s in store.projections()}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Polls ``condition`` until it returns something truthy; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- PostgreSQL helpers --------------------------------------------------------------
+
+
+def pg_schema(url: str) -> str:
+    return url.rsplit("schema=", 1)[1]
+
+
+def pg_admin() -> Any:
+    """An autocommit connection to the test database, outside any Stoic pool."""
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, application_name="stoic-test-admin")
+
+
+# -- subprocesses --------------------------------------------------------------------
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def stoic_command() -> list[str]:
+    script = Path(sys.executable).with_name("stoic")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stoic"]
+
+
+class WorkerProcess:
+    """A ``stoic worker`` subprocess logging JSON lines to a file."""
+
+    def __init__(
+        self,
+        url: str,
+        log_path: Path,
+        *,
+        app: str = "tests.apps:make_app",
+        lease_ttl: float = 1.0,
+        claim_interval: float = 0.2,
+        batch_size: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        args = [
+            *stoic_command(),
+            "worker",
+            "--db",
+            url,
+            "--app",
+            app,
+            "--lease-ttl",
+            str(lease_ttl),
+            "--claim-interval",
+            str(claim_interval),
+            "--log-format",
+            "json",
+        ]
+        if batch_size is not None:
+            args += ["--batch-size", str(batch_size)]
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=subprocess_env(**(env or {}))
+        )
+        self.pid = self.proc.pid
+
+    def owns(self, holder: str | None) -> bool:
+        """Whether a holder id (host-pid-suffix) is this process's worker."""
+        return holder is not None and holder.rsplit("-", 2)[-2] == str(self.pid)
+
+    def send(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.returncode is not None and not self._log.closed:
+                self._log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The worker's JSON log records (lines that are not JSON come back as ``raw``)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"raw": line})
+        return out
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Processes:
+    """Starts subprocesses and, on exit, kills and reaps whatever is still running."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.workers: list[WorkerProcess] = []
+        self.others: list[subprocess.Popen[bytes]] = []
+
+    def worker(self, url: str, **kwargs: Any) -> WorkerProcess:
+        log_path = self.tmp_path / f"worker-{len(self.workers)}.log"
+        worker = WorkerProcess(url, log_path, **kwargs)
+        self.workers.append(worker)
+        return worker
+
+    def python(self, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=subprocess_env(), **popen)
+        self.others.append(proc)
+        return proc
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signal.SIGCONT)
+            worker.kill()
+        for proc in self.others:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+class Sampler:
+    """Samples the projections table every ``interval`` seconds in a thread:
+    ``samples`` is a list of ``(monotonic time, {name: ProjectionState})``."""
+
+    def __init__(self, store: stoic.Store, interval: float = 0.02) -> None:
+        self.store = store
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, Any]]] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                states = {s.name: s for s in self.store.projections()}
+                self.samples.append((time.monotonic(), states))
+            except stoic.StoicError as exc:  # recorded and asserted on by the test
+                self.errors.append(exc)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# -- appender processes (python -m tests.apps ...) ------------------------------------
+
+
+def _append_main(args: argparse.Namespace) -> int:
+    """Appends ``count`` events to streams this process owns, with exact expected
+    versions and random small delays; prints a JSON summary."""
+    rng = random.Random(args.seed)
+    store = stoic.connect(args.db)
+    versions: dict[str, int] = {}
+    positions: list[int] = []
+    errors: list[str] = []
+    streams = [f"{args.prefix}-{i}" for i in range(args.streams)]
+    try:
+        while len(positions) < args.count:
+            stream = rng.choice(streams)
+            batch = [random_event(rng) for _ in range(min(rng.randint(1, 5), args.count - len(positions)))]
+            expected = versions.get(stream, 0) or stoic.NO_STREAM
+            try:
+                result = store.append(stream, batch, expected_version=expected)
+            except stoic.StoicError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                break
+            versions[stream] = result.version
+            positions.extend(result.positions)
+            if args.max_delay_ms:
+                time.sleep(rng.uniform(0, args.max_delay_ms) / 1000)
+    finally:
+        store.close()
+    print(json.dumps({"positions": positions, "versions": versions, "errors": errors}))
+    return 1 if errors else 0
+
+
+def _live_main(args: argparse.Namespace) -> int:
+    """Appends one event every ``interval`` seconds; prints ``{"position", "t"}`` per append."""
+    store = stoic.connect(args.db)
+    try:
+        for i in range(args.count):
+            time.sleep(args.interval)
+            result = store.append(f"live-{uuid.uuid4().hex[:8]}", [NewEvent("Deposited", {"amount": i + 1})])
+            print(json.dumps({"position": result.positions[0], "t": time.time()}), flush=True)
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.apps")
+    sub = parser.add_subparsers(dest="command", required=True)
+    append = sub.add_parser("append")
+    append.add_argument("--db", required=True)
+    append.add_argument("--prefix", required=True)
+    append.add_argument("--count", type=int, required=True)
+    append.add_argument("--streams", type=int, default=20)
+    append.add_argument("--seed", type=int, default=0)
+    append.add_argument("--max-delay-ms", type=float, default=0.0)
+    live = sub.add_parser("live")
+    live.add_argument("--db", required=True)
+    live.add_argument("--count", type=int, default=5)
+    live.add_argument("--interval", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    return _append_main(args) if args.command == "append" else _live_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
