@@ -7,6 +7,7 @@ PostgreSQL (several workers on several machines).
 
 from stoic.errors import (
     ActionRefused,
+    CircuitOpen,
     ConcurrencyError,
     ConfigurationError,
     DuplicateEventId,
@@ -25,6 +26,8 @@ from stoic.errors import (
     UnknownProjection,
 )
 from stoic.events import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent
+from stoic.failures import BreakerPolicy, Classifier, Kind, OnError, RetryPolicy, RetrySchedule
+from stoic.operations import Operations
 from stoic.projection import ALL, App, Projection, handles, handles_all, load_app
 from stoic.runner import Runner
 from stoic.store import Store, Transaction, connect
@@ -34,10 +37,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL",
     "ANY",
-    "NO_STREAM",
     "ActionRefused",
     "App",
     "AppendResult",
+    "BreakerPolicy",
+    "CircuitOpen",
+    "Classifier",
     "ConcurrencyError",
     "ConfigurationError",
     "DuplicateEventId",
@@ -45,13 +50,19 @@ __all__ = [
     "FailureNotFound",
     "InvalidArgument",
     "InvalidEvent",
+    "Kind",
     "LeaseLost",
     "LockNotAvailable",
+    "NO_STREAM",
     "NewEvent",
+    "OnError",
     "OperationTimeout",
+    "Operations",
     "PermanentError",
     "Projection",
     "RecordedEvent",
+    "RetryPolicy",
+    "RetrySchedule",
     "Runner",
     "SchemaError",
     "StoicError",
@@ -60,9 +71,9 @@ __all__ = [
     "Transaction",
     "TransientError",
     "UnknownProjection",
-    "__version__",
     "connect",
     "handles",
     "handles_all",
     "load_app",
+    "__version__",
 ]

@@ -62,7 +62,10 @@ def worker(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run projections until SIGTERM/SIGINT: finish the batch in hand, release, exit 0."""
-    configure_logging(log_format, log_level)
+    try:
+        configure_logging(log_format, log_level)
+    except ValueError as exc:
+        raise _fail(exc, code=2) from None
     try:
         application = load_app(app_ref)
         store = connect(db)

@@ -13,7 +13,8 @@ facts of an error are attributes, not only text.
     │   ├── StoreUnavailable           connection lost, server down, timeout
     │   ├── LockNotAvailable           database locked, lock timeout, deadlock
     │   ├── OperationTimeout           a statement or batch ran past its time limit
-    │   └── LeaseLost                  another runner took the projection
+    │   ├── LeaseLost                  another runner took the projection
+    │   └── CircuitOpen                a projection's breaker opened: its dependency keeps failing
     └── PermanentError                 record, park, then dead
         ├── ConfigurationError         bad URL, bad app reference, bad option
         ├── InvalidArgument            an argument is out of range or of the wrong type
@@ -64,6 +65,10 @@ class OperationTimeout(TransientError):
 
 class LeaseLost(TransientError):
     """This runner no longer holds the projection's lease; its batch was not committed."""
+
+
+class CircuitOpen(TransientError):
+    """The projection's circuit breaker is open: its dependency keeps failing."""
 
 
 class ConfigurationError(PermanentError):

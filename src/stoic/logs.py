@@ -44,17 +44,21 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{extras}]" if extras else line
 
 
+LEVELS = ("debug", "info", "warning", "error", "critical")
+FORMATS = ("text", "json")
+
+
 def configure_logging(log_format: str = "text", level: str = "info") -> None:
-    """Sends Stoic's logs to stderr in the given format (``text`` or ``json``)."""
+    """Sends Stoic's logs (and its drivers') to stderr in the given format
+    (``text`` or ``json``), so that a JSON log has nothing but JSON lines."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger("stoic")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    # The driver's warnings (psycopg, psycopg.pool: "discarding broken connection")
-    # would otherwise reach stderr as bare text lines in the middle of a JSON log.
-    driver = logging.getLogger("psycopg")
-    driver.handlers[:] = [handler]
-    driver.setLevel(max(root.level, logging.WARNING))
-    driver.propagate = False
+    for name, logger_level in (("stoic", level.upper()), ("psycopg", "WARNING"), ("psycopg.pool", "WARNING")):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logger_level)
+        logger.propagate = False

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from stoic.errors import LeaseLost, StoreUnavailable, TransientError
+from stoic.errors import CircuitOpen, LeaseLost, StoreUnavailable
 from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
 from stoic.projection import Projection
@@ -49,10 +49,6 @@ SUSPECT_BATCHES = 5  #: after a batch with failures, this many batches start wit
 MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
 VERIFY_INTERVAL_S = 60.0  #: how often a runner runs the late-arrival self-check, seconds
 TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
-
-
-class CircuitOpen(TransientError):
-    """The projection's circuit breaker is open: its dependency keeps failing."""
 
 
 @dataclass(slots=True)
@@ -117,8 +113,13 @@ class ProjectionRunner:
         lease = session.claim(self.name, self.worker_id)
         if lease is None:
             return False
+        try:
+            session.run_setup(self.name, self.projection.setup)
+        except BaseException:
+            # No batch may run on a read model whose setup failed: give the lease back.
+            session.release(lease)
+            raise
         self.lease, self.position = lease, lease.position
-        session.run_setup(self.name, self.projection.setup)
         self._load_failures()
         breaker = session.breaker(self.name)
         self._breaker_state, self._transient_streak = breaker.state, breaker.failures

@@ -29,7 +29,8 @@ from collections.abc import Iterable
 from stoic.errors import ConfigurationError, LeaseLost, StoicError, TransientError
 from stoic.events import RecordedEvent
 from stoic.projection import App, Projection
-from stoic.projection_runner import CircuitOpen, ProjectionRunner
+from stoic.errors import CircuitOpen
+from stoic.projection_runner import ProjectionRunner
 from stoic.store import Store, Transaction
 
 log = logging.getLogger("stoic.runner")
@@ -88,6 +89,8 @@ class Runner:
         self._heartbeat_thread: threading.Thread | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._release: dict[str, threading.Event] = {}
+        self._orphans: set[str] = set()  # taken over the fair share because nobody else did
+        self._free_since: dict[str, float] = {}  # projection -> when this worker first saw it free
 
     # -- worker identity --------------------------------------------------------------
 
@@ -238,27 +241,43 @@ class Runner:
         for name in [n for n, t in self._threads.items() if not t.is_alive()]:
             del self._threads[name]
             self._release.pop(name, None)
+            self._orphans.discard(name)
         alive_workers = sum(1 for w in self.store.workers() if w.alive) or 1
         target = math.ceil(len(self.projections) / alive_workers)
-        held = self.held
+        held = [name for name in self.held if name not in self._orphans]
         if len(held) > target:
             # Hand the surplus back, newest first; another worker takes it.
             for name in held[target:]:
                 self._release[name].set()
             return
         states = {s.name: s for s in self.store.projections()}
+        now = time.monotonic()
+        free = {
+            p.name for p in self.projections
+            if p.name not in self._threads and not (
+                (state := states.get(p.name)) is not None
+                and state.holder not in (None, self.worker_id) and state.holder_alive)
+        }
+        for name in list(self._free_since):
+            if name not in free:
+                del self._free_since[name]
+        for name in free:
+            self._free_since.setdefault(name, now)
         # Start from a worker-specific offset so that workers do not all race for
         # the same projection.
         order = sorted(self.projections, key=lambda p: hash((p.name, self.worker_id)))
         for projection in order:
-            if len(self.held) >= target or self._stop.is_set():
-                return
-            if projection.name in self._threads:
+            if self._stop.is_set() or projection.name not in free:
                 continue
-            state = states.get(projection.name)
-            if state is not None and state.holder not in (None, self.worker_id) and state.holder_alive:
-                continue
-            self._start_thread(projection)
+            # Over the fair share, still take a projection that nobody took for two
+            # rounds: workers may run different subsets, and none may be left behind.
+            orphaned = now - self._free_since[projection.name] >= 2 * self.claim_interval
+            if len(self.held) - len(self._orphans & set(self.held)) < target:
+                self._start_thread(projection)
+            elif orphaned:
+                # Kept, not handed back: no worker that runs it has taken it.
+                self._orphans.add(projection.name)
+                self._start_thread(projection)
 
     def _start_thread(self, projection: Projection) -> None:
         release = threading.Event()

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from stoic.errors import (
+    ConfigurationError,
     ConcurrencyError,
     DuplicateEventId,
     InvalidArgument,
@@ -249,3 +250,14 @@ class Watchdog:
             raise OperationTimeout(f"batch ran past its time limit of {self.timeout} s; rolled back") from (
                 exc if isinstance(exc, BaseException) else None
             )
+
+
+def _positive_int(name: str, value: object) -> int:
+    """Parses a positive integer option; raises ConfigurationError naming it."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return number

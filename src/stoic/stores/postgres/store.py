@@ -62,6 +62,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    _positive_int,
     Watchdog,
     check_read_args,
     expected_as_int,
@@ -140,19 +141,59 @@ def qmark_to_pyformat(query: str) -> str:
     return cached
 
 
+class PipelinedCursor:
+    """A cursor of a pipelined batch. Reading ``rowcount`` (or fetching) waits
+    for the statement's result, so ``UPDATE …; if cur.rowcount == 0: INSERT …``
+    works as it does on SQLite; statements whose result nobody reads stay
+    pipelined."""
+
+    __slots__ = ("_cursor", "_pipeline")
+
+    def __init__(self, cursor: psycopg.Cursor[Any], pipeline: psycopg.Pipeline) -> None:
+        self._cursor = cursor
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        if self._cursor.rowcount < 0 and self._cursor.pgresult is None:
+            self._pipeline.sync()
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchmany(self, size: int = 0) -> list[Any]:
+        return self._cursor.fetchmany(size)
+
+    def __iter__(self) -> Any:
+        return iter(self._cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
 class PostgresTransaction:
-    """The handle a handler writes through: the batch's connection, pipelined."""
+    """The handle a handler writes through: the batch's connection, pipelined
+    when ``pipeline`` is given."""
 
-    __slots__ = ("connection", "dialect")
+    __slots__ = ("connection", "dialect", "pipeline")
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self.connection = connection
+        self.pipeline = pipeline
         self.dialect = "postgresql"
 
-    def execute(self, query: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        if not params:
-            return self.connection.execute(query)  # type: ignore[arg-type]
-        return self.connection.execute(qmark_to_pyformat(query), params)  # type: ignore[arg-type]
+    def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
+        if params:
+            cursor = self.connection.execute(qmark_to_pyformat(query), params)  # type: ignore[arg-type]
+        else:
+            cursor = self.connection.execute(query)  # type: ignore[arg-type]
+        if self.pipeline is None:
+            return cursor
+        return PipelinedCursor(cursor, self.pipeline)
 
     def executemany(self, query: str, params_seq: Sequence[Sequence[Any]]) -> None:
         with self.connection.cursor() as cur:
@@ -200,7 +241,8 @@ class PostgresStore:
         self.schema = schema or options.get("schema", "public")
         if not _SCHEMA_NAME.match(self.schema):
             raise ConfigurationError(f"invalid schema name {self.schema!r}", schema=self.schema)
-        self.max_event_bytes = int(max_event_bytes or options.get("max_event_bytes", MAX_EVENT_BYTES))
+        self.max_event_bytes = _positive_int("max_event_bytes", max_event_bytes or options.get(
+            "max_event_bytes", MAX_EVENT_BYTES))
         self.poll_interval = poll_interval
         self.conninfo = make_conninfo(
             conninfo,
@@ -220,7 +262,7 @@ class PostgresStore:
         self._pool = ConnectionPool(
             self.conninfo,
             min_size=1,
-            max_size=int(pool_size or options.get("pool_size", POOL_SIZE)),
+            max_size=_positive_int("pool_size", pool_size or options.get("pool_size", POOL_SIZE)),
             open=True,
             name=f"stoic-{self.schema}",
             timeout=CONNECT_TIMEOUT_S,
@@ -638,8 +680,8 @@ class PostgresSession:
                     cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)
                 else:
                     # Handler writes (and savepoints) are pipelined: no round trip each.
-                    with self.conn.pipeline():
-                        reached = apply(PostgresTransaction(self.conn))
+                    with self.conn.pipeline() as pipe:
+                        reached = apply(PostgresTransaction(self.conn, pipe))
                         if reached is not None:
                             params["end"], params["count"] = reached
                         cur = self.conn.execute(Q["advance_checkpoint"], params, prepare=True)

@@ -61,6 +61,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    _positive_int,
     Watchdog,
     check_read_args,
     first_mismatch,
@@ -185,14 +186,18 @@ class SQLiteStore:
     ) -> None:
         self.url = url
         self.path, options = parse_sqlite_url(url)
-        self.max_event_bytes = int(max_event_bytes or options.get("max_event_bytes", MAX_EVENT_BYTES))
+        self.max_event_bytes = _positive_int("max_event_bytes", max_event_bytes or options.get(
+            "max_event_bytes", MAX_EVENT_BYTES))
         self.synchronous = (synchronous or options.get("synchronous", "full")).upper()
         if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigurationError(
                 f"synchronous must be full, normal or extra, got {self.synchronous.lower()!r}"
             )
         self.busy_timeout = busy_timeout
-        self.poll_interval = float(options.get("poll_interval", poll_interval))
+        try:
+            self.poll_interval = float(options.get("poll_interval", poll_interval))
+        except ValueError:
+            raise ConfigurationError(f"poll_interval must be a number of seconds in {url!r}") from None
         self.memory = self.path == ":memory:"
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
