@@ -19,6 +19,7 @@ from rich.table import Table
 
 from stoic.errors import StoicError
 from stoic.logs import configure_logging
+from stoic.operations import Operations
 from stoic.projection import load_app
 from stoic.runner import CLAIM_INTERVAL_S, LEASE_TTL_S, Runner
 from stoic.store import connect
@@ -110,11 +111,11 @@ def status(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Show each projection's checkpoint, lag and holder, and the live workers."""
+    """Show each projection's health, lag, failures and holder, and the live workers."""
     try:
         store = connect(db)
+        health = Operations(store).health()
         head = store.head()
-        projections = store.projections()
         workers = store.workers()
     except StoicError as exc:
         raise _fail(exc) from None
@@ -125,11 +126,14 @@ def status(
         print(json.dumps({
             "head": head,
             "projections": [
-                {"name": p.name, "position": p.position, "lag": head - p.position,
-                 "events_processed": p.events_processed, "holder": p.holder,
-                 "holder_alive": p.holder_alive,
-                 "updated_at": p.updated_at.isoformat() if p.updated_at else None}
-                for p in projections
+                {"name": h.name, "status": h.status.value,
+                 "causes": [{"code": c.code, "message": c.message} for c in h.causes],
+                 "position": h.position, "lag": h.lag_events, "lag_seconds": round(h.lag_seconds, 3),
+                 "events_processed": h.events_processed, "failures": h.failures,
+                 "parked_streams": h.parked_streams, "holder": h.holder, "holder_alive": h.holder_alive,
+                 "breaker": h.breaker_state,
+                 "updated_at": h.last_processed_at.isoformat() if h.last_processed_at else None}
+                for h in health
             ],
             "workers": [
                 {"worker_id": w.worker_id, "hostname": w.hostname, "pid": w.pid, "alive": w.alive,
@@ -138,14 +142,20 @@ def status(
             ],
         }, indent=2))
         return
+    colours = {"healthy": "green", "degraded": "yellow", "stalled": "magenta", "critical": "red",
+               "offline": "red", "paused": "blue", "rebuilding": "cyan"}
     table = Table(title=f"projections (head {head})")
-    for column in ("projection", "checkpoint", "lag", "processed", "holder"):
+    for column in ("projection", "status", "checkpoint", "lag", "processed", "failures", "holder", "why"):
         table.add_column(column)
-    for p in projections:
-        holder = p.holder or "-"
-        if p.holder and not p.holder_alive:
+    for h in health:
+        holder = h.holder or "-"
+        if h.holder and not h.holder_alive:
             holder += " (dead)"
-        table.add_row(p.name, str(p.position), str(head - p.position), str(p.events_processed), holder)
+        failures = ", ".join(f"{n} {s}" for s, n in sorted(h.failures.items())) or "-"
+        lag = f"{h.lag_events} ({h.lag_seconds:.0f} s)" if h.lag_events else "0"
+        colour = colours.get(h.status.value, "white")
+        table.add_row(h.name, f"[{colour}]{h.status.value}[/]", str(h.position), lag,
+                      str(h.events_processed), failures, holder, "; ".join(c.message for c in h.causes))
     console.print(table)
     console.print(f"workers alive: {sum(w.alive for w in workers)} of {len(workers)} registered")
 
