@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL",
     "ANY",
+    "NO_STREAM",
     "ActionRefused",
     "App",
     "AppendResult",
@@ -53,7 +54,6 @@ __all__ = [
     "Kind",
     "LeaseLost",
     "LockNotAvailable",
-    "NO_STREAM",
     "NewEvent",
     "OnError",
     "OperationTimeout",
@@ -71,9 +71,9 @@ __all__ = [
     "Transaction",
     "TransientError",
     "UnknownProjection",
+    "__version__",
     "connect",
     "handles",
     "handles_all",
     "load_app",
-    "__version__",
 ]

@@ -62,14 +62,14 @@ class RecordedEvent:
     """
 
     __slots__ = (
-        "position",
-        "stream_id",
-        "version",
-        "type",
-        "_event_id",
         "_data",
+        "_event_id",
         "_metadata",
         "_recorded_at",
+        "position",
+        "stream_id",
+        "type",
+        "version",
     )
 
     position: int

@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from stoic.errors import CircuitOpen, LeaseLost, StoreUnavailable
+from stoic.errors import LeaseLost, StoreUnavailable
 from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
 from stoic.projection import Projection
@@ -242,10 +243,9 @@ class ProjectionRunner:
 
     def _set_breaker(self, state: str, failures: int, reason: str | None) -> None:
         self._breaker_state, self._transient_streak = state, failures
-        try:
+        # If the store is down too, the in-memory state still protects the dependency.
+        with contextlib.suppress(StoreUnavailable):
             self._session().set_breaker(self.name, state, failures, reason)
-        except StoreUnavailable:
-            pass  # the in-memory state still protects the dependency; stored next time
 
     # -- batches ---------------------------------------------------------------------------
 

@@ -26,10 +26,9 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from stoic.errors import ConfigurationError, LeaseLost, StoicError, TransientError
+from stoic.errors import CircuitOpen, ConfigurationError, LeaseLost, StoicError, TransientError
 from stoic.events import RecordedEvent
 from stoic.projection import App, Projection
-from stoic.errors import CircuitOpen
 from stoic.projection_runner import ProjectionRunner
 from stoic.store import Store, Transaction
 

@@ -13,9 +13,9 @@ transaction on that connection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum

@@ -3,8 +3,8 @@ idempotent-append rule. Nothing here talks to a driver."""
 
 from __future__ import annotations
 
-import re
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ from importlib import resources
 from typing import Any
 
 from stoic.errors import (
-    ConfigurationError,
     ConcurrencyError,
+    ConfigurationError,
     DuplicateEventId,
     InvalidArgument,
     InvalidEvent,

@@ -41,7 +41,15 @@ from stoic.errors import (
     StoicError,
     StoreUnavailable,
 )
-from stoic.events import ANY, MAX_EVENT_BYTES, AppendResult, Expected, NewEvent, RecordedEvent, validate_stream_id
+from stoic.events import (
+    ANY,
+    MAX_EVENT_BYTES,
+    AppendResult,
+    Expected,
+    NewEvent,
+    RecordedEvent,
+    validate_stream_id,
+)
 from stoic.store import (
     AppendItem,
     AuditEntry,
@@ -62,8 +70,8 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
-    _positive_int,
     Watchdog,
+    _positive_int,
     check_read_args,
     expected_as_int,
     first_mismatch,
@@ -210,7 +218,7 @@ def failure_from_row(row: Sequence[Any]) -> FailureRecord:
 
 def _lock_key(*parts: str) -> int:
     """A stable signed 64-bit advisory-lock key for a purpose within a schema."""
-    digest = hashlib.blake2b(":".join(("stoic",) + parts).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(":".join(("stoic", *parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 

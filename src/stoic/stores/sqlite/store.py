@@ -61,8 +61,8 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
-    _positive_int,
     Watchdog,
+    _positive_int,
     check_read_args,
     first_mismatch,
     has_client_ids,
@@ -131,7 +131,7 @@ def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
 class SQLiteTransaction:
     """The handle a handler writes through: the batch's own connection."""
 
-    __slots__ = ("execute", "executemany", "dialect", "connection")
+    __slots__ = ("connection", "dialect", "execute", "executemany")
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
