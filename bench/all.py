@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench import append, catchup, latency
-from bench.workload import backends, machine
+from bench.workload import add_common_arguments, apply_common_arguments, backends, machine
 
 # (bench, case prefix) -> {backend: (comparison, target)}; "ge" for rates, "le" for times.
 TARGETS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
@@ -85,14 +85,13 @@ def print_table(summaries: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.all", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--repeat", type=int, default=1, help="undisturbed runs per benchmark")
+    add_common_arguments(parser, repeat=1)
     parser.add_argument("--accounts", type=int, default=3_000, help="streams of 10 events (default 3,000)")
     parser.add_argument("--samples", type=int, default=500, help="latency samples (default 500)")
     parser.add_argument("--idle-seconds", type=float, default=5.0)
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
     parser.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
     args = parser.parse_args(argv)
+    apply_common_arguments(args)
     names = backends(args.backend)
     wait = not args.no_wait
     info = machine()

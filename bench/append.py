@@ -30,6 +30,8 @@ from bench.workload import (
     EVENTS_PER_ACCOUNT,
     account_events,
     account_id,
+    add_common_arguments,
+    apply_common_arguments,
     backends,
     drop,
     fmt_rate,
@@ -196,7 +198,6 @@ def bench(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.append", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--accounts", type=int, default=ACCOUNTS, help="streams of 10 events")
     parser.add_argument("--clients", type=int, default=4, help="clients of the concurrent case")
     parser.add_argument(
@@ -205,12 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         default="process",
         help="concurrent clients are processes (default) or threads sharing one store",
     )
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
+    add_common_arguments(parser, repeat=2)
     args = parser.parse_args(argv)
-    print(
-        f"append throughput: {args.accounts:,} streams x {EVENTS_PER_ACCOUNT} events, {args.repeat} runs each"
-    )
+    apply_common_arguments(args)
+    print(f"append throughput: {args.accounts:,} streams x {EVENTS_PER_ACCOUNT} events, {args.repeat} runs each")
     bench(
         backends(args.backend),
         args.accounts,

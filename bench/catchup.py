@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import stoic
+from bench import workload
 from bench.workload import (
     ACCOUNTS,
     CREATE_SQL,
@@ -27,7 +28,9 @@ from bench.workload import (
     EVENTS_PER_ACCOUNT,
     OPENED_SQL,
     Balances,
+    add_common_arguments,
     app,
+    apply_common_arguments,
     backends,
     check_balances,
     fmt_rate,
@@ -72,16 +75,15 @@ def run_baseline(backend: str, accounts: int = ACCOUNTS, batch_size: int = 500) 
 
 
 # Only the columns the loop needs; the payload stays text and is decoded here.
-_READ = (
-    "SELECT position, stream_id, type, data FROM stoic_events WHERE position > %s ORDER BY position LIMIT %s"
-)
+_READ = "SELECT position, stream_id, type, data FROM stoic_events WHERE position > %s ORDER BY position LIMIT %s"
 
 
 def _baseline_sqlite(store: Any, batch_size: int) -> float:
     import sqlite3
 
     conn = sqlite3.connect(store.path, isolation_level=None)
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {workload.SQLITE_SYNCHRONOUS}")
     conn.execute(CREATE_SQL)
     conn.execute("CREATE TABLE bench_checkpoint (name TEXT PRIMARY KEY, position INTEGER NOT NULL)")
     conn.execute("INSERT INTO bench_checkpoint VALUES ('b', 0)")
@@ -163,15 +165,12 @@ def bench(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.catchup", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument(
-        "--accounts", type=int, default=ACCOUNTS, help="streams of 10 events (default 10,000)"
-    )
+    parser.add_argument("--accounts", type=int, default=ACCOUNTS, help="streams of 10 events (default 10,000)")
     parser.add_argument("--batch-size", type=int, default=None, help="events per transaction (default 500)")
-    parser.add_argument("--repeat", type=int, default=2)
+    add_common_arguments(parser, repeat=2)
     parser.add_argument("--baseline", action="store_true", help="also time a plain driver loop")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
     args = parser.parse_args(argv)
+    apply_common_arguments(args)
     events = args.accounts * EVENTS_PER_ACCOUNT
     print(f"catch-up throughput: balances projection over {events:,} events, {args.repeat} runs each")
     bench(

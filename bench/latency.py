@@ -35,6 +35,8 @@ from bench.workload import (
     TABLE,
     Balances,
     account_id,
+    add_common_arguments,
+    apply_common_arguments,
     backends,
     drop,
     fresh_url,
@@ -192,16 +194,13 @@ def bench(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=IDLE_S)
     parser.add_argument("--poll", type=float, default=POLL_S, help="seconds between reads of the row")
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
+    add_common_arguments(parser, repeat=2)
     args = parser.parse_args(argv)
-    print(
-        f"live latency across processes: {args.samples} samples, worker idle CPU over {args.idle_seconds} s"
-    )
+    apply_common_arguments(args)
+    print(f"live latency across processes: {args.samples} samples, worker idle CPU over {args.idle_seconds} s")
     bench(
         backends(args.backend),
         args.samples,

@@ -15,6 +15,7 @@ latency benchmark does that in another process).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -38,12 +39,9 @@ TABLE = "bench_balances"
 
 
 CREATE_SQL = (
-    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-    "account TEXT PRIMARY KEY, balance BIGINT NOT NULL, movements BIGINT NOT NULL)"
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (account TEXT PRIMARY KEY, balance BIGINT NOT NULL, movements BIGINT NOT NULL)"
 )
-OPENED_SQL = (
-    f"INSERT INTO {TABLE} (account, balance, movements) VALUES (?, 0, 0) ON CONFLICT (account) DO NOTHING"
-)
+OPENED_SQL = f"INSERT INTO {TABLE} (account, balance, movements) VALUES (?, 0, 0) ON CONFLICT (account) DO NOTHING"
 DEPOSITED_SQL = f"UPDATE {TABLE} SET balance = balance + ?, movements = movements + 1 WHERE account = ?"
 
 
@@ -115,11 +113,14 @@ def check_balances(store: stoic.Store, accounts: int) -> None:
 # -- databases -------------------------------------------------------------------------
 
 
+SQLITE_SYNCHRONOUS = "full"  #: the SQLite store's default; ``--sqlite-synchronous normal`` changes it
+
+
 def fresh_url(backend: str, directory: str | None = None) -> str:
     """Returns a URL naming an empty database: a new SQLite file or PostgreSQL schema."""
     if backend == "sqlite":
         directory = directory or tempfile.mkdtemp(prefix="stoic-bench-")
-        return f"sqlite:///{os.path.join(directory, 'bench.db')}"
+        return f"sqlite:///{os.path.join(directory, 'bench.db')}?synchronous={SQLITE_SYNCHRONOUS}"
     if backend == "postgres":
         separator = "&" if "?" in PG_URL else "?"
         return f"{PG_URL}{separator}schema=bench_{uuid.uuid4().hex[:10]}"
@@ -129,7 +130,7 @@ def fresh_url(backend: str, directory: str | None = None) -> str:
 def drop(url: str) -> None:
     """Removes what :func:`fresh_url` created."""
     if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[1]
+        path = url.split("sqlite:///", 1)[1].split("?", 1)[0]
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
         return
     import psycopg
@@ -154,6 +155,24 @@ def fresh_store(backend: str) -> Iterator[tuple[str, stoic.Store]]:
 
 def backends(choice: str) -> list[str]:
     return list(BACKENDS) if choice == "both" else [choice]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, repeat: int = 2) -> None:
+    """The options every benchmark command takes."""
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"undisturbed runs of each case ({repeat})")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=["full", "normal"],
+        default="full",
+        help="the SQLite store's synchronous setting (default full, the store's default)",
+    )
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for other processes to go quiet")
+
+
+def apply_common_arguments(args: argparse.Namespace) -> None:
+    global SQLITE_SYNCHRONOUS
+    SQLITE_SYNCHRONOUS = args.sqlite_synchronous
 
 
 # -- a noisy machine ----------------------------------------------------------------------
@@ -215,10 +234,13 @@ class CpuMeter:
         return {"others_cores": max(0, used) / _HZ / seconds}
 
 
-def wait_for_quiet(threshold: float = 0.15, max_wait: float = 120.0) -> float:
+QUIET_WAIT_S = float(os.environ.get("STOIC_BENCH_QUIET_WAIT", "120"))  #: longest wait for quiet, seconds
+
+
+def wait_for_quiet(threshold: float = 0.15, max_wait: float | None = None) -> float:
     """Waits until other processes use under ``threshold`` cores for 1 s twice
     in a row, or ``max_wait`` seconds pass; returns the last figure."""
-    deadline = time.monotonic() + max_wait
+    deadline = time.monotonic() + (QUIET_WAIT_S if max_wait is None else max_wait)
     quiet_in_a_row, others = 0, 0.0
     while time.monotonic() < deadline:
         meter = CpuMeter()
@@ -273,9 +295,7 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def summary(
-    bench: str, backend: str, case: str, unit: str, key: str, runs: list[dict[str, Any]]
-) -> dict[str, Any]:
+def summary(bench: str, backend: str, case: str, unit: str, key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One figure of a benchmark over its runs: median, min, max of ``key``."""
     values = [r[key] for r in runs]
     return {

@@ -47,9 +47,7 @@ class LedgerProjection(Projection):
     ``hook(event)`` runs before each event is applied (tests use it as a gate).
     """
 
-    def __init__(
-        self, name: str, slow_s: float = 0.0, hook: Callable[[RecordedEvent], None] | None = None
-    ) -> None:
+    def __init__(self, name: str, slow_s: float = 0.0, hook: Callable[[RecordedEvent], None] | None = None) -> None:
         self.name = name  # type: ignore[misc]
         self.slow_s = slow_s
         self.hook = hook
@@ -166,10 +164,7 @@ def check_exactly_once(store: stoic.Store, names: Iterable[str], upto: int | Non
                 f"{name}: ledger does not match events 1..{checkpoint}: "
                 f"{len(got)} rows; missing {missing}; beyond checkpoint or unknown {extra}"
             )
-        model = {
-            a: (int(b), int(n))
-            for a, b, n in store.query(f"SELECT account, balance, events FROM {name}_balance")
-        }
+        model = {a: (int(b), int(n)) for a, b, n in store.query(f"SELECT account, balance, events FROM {name}_balance")}
         want = fold(events[:checkpoint])
         assert model == want, f"{name}: read model differs from the fold of events 1..{checkpoint}"
         assert states[name].events_processed == checkpoint, (
@@ -428,3 +423,100 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- failure handling: a ledger projection that fails on purpose ---------------------
+#
+# Used by tests/failures. FaultyLedger is a LedgerProjection that calls ``fault(event,
+# tx)`` before applying each event (the fault may raise, sleep, or run bad SQL through
+# ``tx``) and records the order in which it applied events in ``<name>_order``, so a
+# test can check per-stream (or global) order as well as exactly-once.
+
+Fault = Callable[[RecordedEvent, Transaction], None]
+
+
+class FaultyLedger(LedgerProjection):
+    """A LedgerProjection with a fault hook, an application-order table and failure
+    settings given per instance (``on_error``, ``retry_policy``, ``retry_schedule``,
+    ``breaker_policy``, ``batch_timeout``, ``classifier``, ``batch_size``)."""
+
+    def __init__(self, name: str, fault: Fault | None = None, **settings: Any) -> None:
+        super().__init__(name)
+        self.fault = fault
+        self.order = f"{name}_order"
+        known = {"on_error", "retry_policy", "retry_schedule", "breaker_policy", "batch_timeout",
+                 "classifier", "batch_size"}
+        unknown = set(settings) - known
+        if unknown:
+            raise TypeError(f"FaultyLedger: unknown settings {sorted(unknown)}")
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self._insert_order = (
+            f"INSERT INTO {self.order} (seq, position, stream_id) "
+            f"SELECT COALESCE(MAX(seq), 0) + 1, ?, ? FROM {self.order}"
+        )
+
+    def setup(self, tx: Transaction) -> None:
+        super().setup(tx)
+        tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.order} (seq BIGINT PRIMARY KEY, position BIGINT NOT NULL, "
+            "stream_id TEXT NOT NULL)"
+        )
+
+    def reset(self, tx: Transaction) -> None:
+        super().reset(tx)
+        tx.execute(f"DELETE FROM {self.order}")
+
+    @handles_all
+    def apply(self, event: RecordedEvent, tx: Transaction) -> None:
+        if self.fault is not None:
+            self.fault(event, tx)
+        super().apply(event, tx)
+        tx.execute(self._insert_order, (event.position, event.stream_id))
+
+
+def applied_order(store: stoic.Store, name: str) -> list[int]:
+    """The positions a FaultyLedger applied, in the order it applied them (committed only)."""
+    return [int(p) for (p,) in store.query(f"SELECT position FROM {name}_order ORDER BY seq")]
+
+
+def check_applied(store: stoic.Store, name: str, not_applied: Iterable[int] = ()) -> list[RecordedEvent]:
+    """Asserts that a FaultyLedger applied every event up to its checkpoint exactly once
+    except the positions in ``not_applied`` (skipped or resolved by hand), each stream in
+    order, and that its read model equals the fold of the applied events. Returns them."""
+    excluded = set(not_applied)
+    checkpoint = {s.name: s.position for s in store.projections()}[name]
+    events = [e for e in store.iter_all(batch_size=10_000) if e.position <= checkpoint]
+    applied = [e for e in events if e.position not in excluded]
+    repeated = store.query(f"SELECT position, applied FROM {name}_ledger WHERE applied <> 1")
+    assert not repeated, f"{name}: events applied more than once (position, times): {repeated}"
+    ledger = sorted(int(p) for (p,) in store.query(f"SELECT position FROM {name}_ledger"))
+    assert ledger == [e.position for e in applied], f"{name}: ledger {ledger} != applied events"
+    order = applied_order(store, name)
+    assert sorted(order) == ledger, f"{name}: order table {order} disagrees with the ledger {ledger}"
+    streams: dict[str, list[int]] = defaultdict(list)
+    stream_of = {e.position: e.stream_id for e in events}
+    for position in order:
+        streams[stream_of[position]].append(position)
+    for stream, positions in streams.items():
+        assert positions == sorted(positions), f"{name}: stream {stream} applied out of order: {positions}"
+    model = {a: (int(b), int(n)) for a, b, n in store.query(f"SELECT account, balance, events FROM {name}_balance")}
+    assert model == fold(applied), f"{name}: read model {model} != fold {fold(applied)}"
+    return applied
+
+
+def make_poison_app() -> App:
+    """The worker app of tests/failures/test_sigkill_retry.py: one FaultyLedger
+    ``poisoned`` whose handler raises ValueError on events with ``data["poison"]``
+    until the file named by ``STOIC_TEST_FIXED_FLAG`` exists (the "deployed fix").
+    Background retries every ``STOIC_TEST_RETRY_DELAY`` seconds (default 2)."""
+    flag = Path(os.environ["STOIC_TEST_FIXED_FLAG"])
+    delay = float(os.environ.get("STOIC_TEST_RETRY_DELAY", "2"))
+
+    def fault(event: RecordedEvent, tx: Transaction) -> None:
+        if event.data.get("poison") and not flag.exists():
+            raise ValueError(f"poison event at position {event.position}")
+
+    projection = FaultyLedger(
+        "poisoned", fault, retry_schedule=stoic.RetrySchedule(first_delay=delay, multiplier=1, max_attempts=50))
+    return App([projection], name="poison")

@@ -289,6 +289,9 @@ class Runner:
         )
         self._threads[projection.name] = thread
         self._release[projection.name] = release
+        # Forget when it was last seen free: once handed back it must look free for
+        # two fresh rounds before this worker may keep it as an orphan.
+        self._free_since.pop(projection.name, None)
         thread.start()
         acquired.wait(self.claim_interval)
 

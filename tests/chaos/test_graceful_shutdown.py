@@ -21,9 +21,7 @@ EXIT_BOUND_S = 5.0  #: how long the worker may take to exit after the signal, se
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.timeout(60)
-def test_signal_mid_catch_up_exits_zero_and_releases(
-    shared_url: str, tmp_path: Path, sig: signal.Signals
-) -> None:
+def test_signal_mid_catch_up_exits_zero_and_releases(shared_url: str, tmp_path: Path, sig: signal.Signals) -> None:
     store = stoic.connect(shared_url)
     append_bulk(store, EVENTS, seed=2)
     with Processes(tmp_path) as procs:

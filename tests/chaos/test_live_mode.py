@@ -88,10 +88,7 @@ def test_append_by_another_process_is_applied_promptly(shared_url: str, tmp_path
     assert statistics.median(latencies) < PUSH_MEDIAN_S, latencies
     check_exactly_once(store, [NAME], upto=58)
     store.close()
-    print(
-        f"\n{store.dialect}: append (other process) -> applied, ms: "
-        f"{sorted(round(x * 1000, 1) for x in latencies)}"
-    )
+    print(f"\n{store.dialect}: append (other process) -> applied, ms: {sorted(round(x * 1000, 1) for x in latencies)}")
 
 
 @pytest.mark.postgres
@@ -159,9 +156,7 @@ def backend_pids_of(admin: Any, pid: int) -> list[int]:
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(
-    not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc to find a worker's sockets"
-)
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc to find a worker's sockets")
 @pytest.mark.timeout(90)
 def test_every_connection_killed_mid_catch_up(make_url, tmp_path: Path) -> None:
     """pg_terminate_backend on all of a worker's connections (batch sessions, pool,

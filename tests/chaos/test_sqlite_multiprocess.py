@@ -29,9 +29,7 @@ def test_three_workers_two_appenders_one_sqlite_file(make_url, tmp_path: Path) -
     store = stoic.connect(url)
     env = {"STOIC_TEST_PROJECTIONS": "3"}
     with Processes(tmp_path) as procs, Sampler(store, interval=0.05) as sampler:
-        workers = [
-            procs.worker(url, lease_ttl=3, claim_interval=0.2, batch_size=50, env=env) for _ in range(3)
-        ]
+        workers = [procs.worker(url, lease_ttl=3, claim_interval=0.2, batch_size=50, env=env) for _ in range(3)]
 
         def spread() -> bool:
             holders = [s.holder for s in store.projections()]

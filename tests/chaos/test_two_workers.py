@@ -30,8 +30,6 @@ from tests.apps import (
 
 import stoic
 
-pytestmark = pytest.mark.postgres
-
 NAMES = projection_names(4)
 LEASE_TTL = 2.0  # seconds
 CLAIM_INTERVAL = 0.5  # seconds
@@ -51,15 +49,14 @@ class Appender(threading.Thread):
         rng = random.Random(9)
         try:
             while not self.stop.wait(rng.uniform(0.002, 0.01)):
-                self.store.append(
-                    f"live-{rng.randrange(50)}", [random_event(rng) for _ in range(rng.randint(1, 5))]
-                )
+                self.store.append(f"live-{rng.randrange(50)}", [random_event(rng) for _ in range(rng.randint(1, 5))])
         except BaseException as exc:  # re-raised by the test
             self.error = exc
         finally:
             self.store.close()
 
 
+@pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_two_workers_share_then_survivor_takes_over(make_url, tmp_path: Path) -> None:
@@ -113,18 +110,14 @@ def test_two_workers_share_then_survivor_takes_over(make_url, tmp_path: Path) ->
         after = checkpoints(store)
         assert all(after[n] > during[n] for n in victims), f"taken-over projections stalled: {after}"
         head = store.head()
-        wait_until(
-            lambda: all(c == head for c in checkpoints(store).values()), 30, "the survivor to catch up"
-        )
+        wait_until(lambda: all(c == head for c in checkpoints(store).values()), 30, "the survivor to catch up")
         second.send(signal.SIGTERM)
         assert second.wait(15) == 0, second.log_text()[-3000:]
 
     assert not sampler.errors, sampler.errors[:3]
     # The takeover time: from the SIGKILL to the first sample where the survivor holds all four.
     taken = next(
-        t
-        for t, states in sampler.samples
-        if t > killed and all(second.owns(s.holder) for s in states.values())
+        t for t, states in sampler.samples if t > killed and all(second.owns(s.holder) for s in states.values())
     )
     takeover = taken - killed
     assert takeover < TAKEOVER_BOUND, f"takeover took {takeover:.2f} s (bound {TAKEOVER_BOUND} s)"
@@ -132,9 +125,7 @@ def test_two_workers_share_then_survivor_takes_over(make_url, tmp_path: Path) ->
         for s in states.values():
             assert s.holder is None or first.owns(s.holder) or second.owns(s.holder), s
     # After the takeover sample, the dead worker never holds anything again.
-    assert not any(
-        first.owns(s.holder) for t, states in sampler.samples if t >= taken for s in states.values()
-    )
+    assert not any(first.owns(s.holder) for t, states in sampler.samples if t >= taken for s in states.values())
 
     check_exactly_once(store, NAMES, upto=head)
     epochs = {s.name: s.epoch for s in store.projections()}
@@ -154,3 +145,33 @@ def test_two_workers_share_then_survivor_takes_over(make_url, tmp_path: Path) ->
         f"{CLAIM_INTERVAL} s, bound {TAKEOVER_BOUND} s); {head} events; appliers per projection: "
         f"{ {n: len(r) for n, r in switches.items()} }; epochs {epochs}; {len(sampler.samples)} samples"
     )
+
+
+@pytest.mark.timeout(60)
+def test_workers_started_together_share_fairly(shared_url: str, tmp_path: Path) -> None:
+    """Three workers started at once end up with one projection each, and keep it:
+    none keeps a projection it handed back (a regression: the first worker used to
+    re-take what it released, as an 'orphan', and keep all three for good)."""
+    store = stoic.connect(shared_url)
+    append_bulk(store, 300, seed=13, streams=10)
+    names = projection_names(3)
+    with Processes(tmp_path) as procs:
+        workers = [
+            procs.worker(shared_url, lease_ttl=3, claim_interval=0.2, env={"STOIC_TEST_PROJECTIONS": "3"})
+            for _ in range(3)
+        ]
+
+        def one_each() -> bool:
+            holders = [s.holder for s in store.projections()]
+            return len(holders) == 3 and all(sum(map(w.owns, holders)) == 1 for w in workers)
+
+        wait_until(one_each, 20, "each worker to hold one projection")
+        settled = {s.name: s.holder for s in store.projections()}
+        time.sleep(1.5)
+        assert {s.name: s.holder for s in store.projections()} == settled, "the projections moved again"
+        wait_until(lambda: all(checkpoints(store).get(n) == 300 for n in names), 20, "the catch-up")
+        for w in workers:
+            w.send(signal.SIGTERM)
+        assert [w.wait(15) for w in workers] == [0, 0, 0]
+    check_exactly_once(store, names, upto=300)
+    store.close()

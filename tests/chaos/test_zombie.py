@@ -52,9 +52,7 @@ def test_frozen_worker_cannot_commit_after_takeover(shared_url: str, tmp_path: P
         # The rival registers while the first worker idles: on SQLite a worker that is
         # catching up starves other processes' writes (see the module docstring).
         rival = procs.worker(shared_url, env={"STOIC_TEST_PROJECTIONS": "1"}, **options)  # type: ignore[arg-type]
-        wait_until(
-            lambda: any(w.pid == rival.pid for w in store.workers()), 20, "the second worker to register"
-        )
+        wait_until(lambda: any(w.pid == rival.pid for w in store.workers()), 20, "the second worker to register")
         append_bulk(store, events - 200, seed=8, streams=30)
         wait_until(lambda: checkpoints(store)[NAME] >= 500, 20, "the first worker to be catching up")
         if pg:

@@ -197,9 +197,7 @@ def test_worker_whose_lease_is_taken_steps_back(store: stoic.Store, caplog: pyte
     try:
         wait_until(lambda: checkpoints(store).get(NAME) == 100, 20, "the first worker to catch up")
         store.heartbeat("worker-first", -1.0)
-        second = Runner(
-            store, app, worker_id="worker-second", lease_ttl=30, claim_interval=0.1, batch_size=25
-        )
+        second = Runner(store, app, worker_id="worker-second", lease_ttl=30, claim_interval=0.1, batch_size=25)
         t2 = threading.Thread(target=second.run)
         t2.start()
         try:

@@ -194,9 +194,7 @@ def test_earlier_transaction_committing_later_is_not_skipped(make_url) -> None:
         a.start()
         wait_until(lambda: gate_waiters(admin, gate) == 1, 10, "A to stall in its COMMIT")
         b = threading.Thread(
-            target=lambda: out.__setitem__(
-                "b", store.append("stream-b", [NewEvent("Deposited", {"amount": 2})])
-            )
+            target=lambda: out.__setitem__("b", store.append("stream-b", [NewEvent("Deposited", {"amount": 2})]))
         )
         b.start()
         time.sleep(0.5)

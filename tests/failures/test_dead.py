@@ -1,0 +1,91 @@
+"""A failure whose background retries run out becomes dead (and stays visible:
+health critical); revive brings it back to retrying with its whole schedule; a
+retry after the fix resolves it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from tests.apps import FaultyLedger, applied_order, check_exactly_once, wait_until
+
+import stoic
+from stoic.health import Status
+from stoic.store import FailureStatus, Resolution
+
+from ._support import (
+    Switch,
+    WorkerThread,
+    append_each,
+    cause,
+    codes,
+    ev,
+    health,
+    only_failure,
+    poison,
+    wait_failure,
+)
+
+NAME = "mortal"
+BROKEN = Switch()
+SCHEDULE = stoic.RetrySchedule(first_delay=0.1, max_attempts=3)
+
+
+def fault(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:
+    if event.data.get("poison") and BROKEN.on:
+        raise stoic.PermanentError(f"malformed event at position {event.position}")
+
+
+@pytest.mark.timeout(60)
+def test_dead_after_max_attempts_then_revived_then_retried(store: stoic.Store) -> None:
+    app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=SCHEDULE)])
+    a1, a2, b1, a3 = append_each(store, [("A", ev(1)), ("A", poison(2)), ("B", ev(3)), ("A", ev(4))])
+    ops = stoic.Operations(store)
+
+    with WorkerThread(store, app) as worker:
+        dead = wait_failure(store, NAME, status=FailureStatus.DEAD)
+        assert (dead.attempts, dead.next_retry_at, dead.resolution) == (3, None, None)
+        assert dead.blocking and dead.parked == 1  # still parks its stream
+        assert dead.error_class == "stoic.errors.PermanentError"
+        wait_until(lambda: (h := health(store, NAME)).holder_alive and h, 5, "a live holder")
+        item = health(store, NAME)
+        assert item.status is Status.CRITICAL, item.causes
+        assert codes(item) == {"dead_failures", "parked_streams"}, item.causes
+        assert "1 failure dead after all retries" in cause(item, "dead_failures")
+        assert item.failures == {"dead": 1}
+        # Dead means no more background retries.
+        attempts = dead.attempts
+        worker.runner.stop()
+    assert only_failure(store, NAME).attempts == attempts
+    assert applied_order(store, NAME) == [a1, b1]
+
+    # Revive: retrying again, attempts reset, due now.
+    revived = ops.revive(dead.id, actor="dana", reason="one more round")
+    assert (revived.status, revived.attempts, revived.retry_requested) == (FailureStatus.RETRYING, 0, True)
+    assert revived.next_retry_at is not None and revived.next_retry_at <= store.now() + timedelta(seconds=1)
+    assert (revived.actor, revived.note) == ("dana", "one more round")
+
+    # Still broken: the whole schedule runs again, and it dies again.
+    with WorkerThread(store, app):
+        wait_until(lambda: only_failure(store, NAME).attempts >= 1, 5, "the revived failure to be retried")
+        again = wait_failure(store, NAME, status=FailureStatus.DEAD)
+    assert again.attempts == SCHEDULE.max_attempts and again.next_retry_at is None
+
+    # Fixed: a retry of the dead failure resolves it and releases the stream.
+    BROKEN.on = False
+    with WorkerThread(store, app):
+        ops.retry(dead.id, actor="dana", reason="fix deployed")
+        done = wait_failure(store, NAME, status=FailureStatus.RESOLVED)
+        wait_until(lambda: len(applied_order(store, NAME)) == 4, 5, "the parked event")
+    assert (done.resolution, done.blocking, done.attempts) == (Resolution.MANUAL_RETRY, False, 3)
+    assert applied_order(store, NAME) == [a1, b1, a2, a3]
+    check_exactly_once(store, [NAME], upto=a3)
+
+
+def test_a_schedule_of_one_attempt_is_dead_at_once(store: stoic.Store) -> None:
+    app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=stoic.RetrySchedule(max_attempts=1))])
+    append_each(store, [("A", poison(1)), ("A", ev(2))])
+    stoic.Runner(store, app).run_until_caught_up()
+    failure = only_failure(store, NAME)
+    assert (failure.status, failure.attempts, failure.next_retry_at) == (FailureStatus.DEAD, 1, None)
+    assert failure.blocking and failure.parked == 1
