@@ -231,3 +231,8 @@ ORDER BY p.name;
 -- The late-arrival self-check: events at or below the checkpoint minus events processed.
 SELECT (SELECT count(*) FROM stoic_events e WHERE e.position <= p.position) - p.events_processed
 FROM stoic_projections p WHERE p.name = ?;
+
+-- name: batch_heartbeat
+-- Renews a worker's life by its own ttl when one of its batches commits.
+UPDATE stoic_workers SET expires_at = ?1 + (expires_at - heartbeat_at), heartbeat_at = ?1
+WHERE worker_id = ?2 AND expires_at > ?1;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -78,6 +79,7 @@ Q = load_queries("stoic.stores.sqlite")
 MIGRATIONS = load_migrations("stoic.stores.sqlite")
 
 BUSY_TIMEOUT_S = 10.0  #: how long a writer waits for SQLite's write lock, seconds
+BUSY_SLICE_MS = 20  #: SQLite's own busy handler waits this long before we ask again, milliseconds
 POLL_INTERVAL_S = 0.001  #: how often a waiting runner checks for commits by other processes, seconds
 DEAD_WORKER_GRACE_S = 3600.0  #: expired worker rows are deleted after this long, seconds
 
@@ -229,7 +231,10 @@ class SQLiteStore:
             if not self.memory:
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # SQLite's busy handler backs off to 100 ms sleeps, so a writer that commits
+            # back to back starves the others. Wait in short slices and ask again
+            # (see write_transaction) instead.
+            conn.execute(f"PRAGMA busy_timeout = {min(BUSY_SLICE_MS, int(self.busy_timeout * 1000))}")
             conn.execute("PRAGMA cache_size = -65536")
         with self._connections_lock:
             self._connections.append(conn)
@@ -256,7 +261,7 @@ class SQLiteStore:
     def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
         with self.guard(), translate_errors():
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate(conn)
             try:
                 yield conn
             except BaseException:
@@ -264,6 +269,19 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """Takes the write lock, asking again every slice until ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                message = str(exc).lower()
+                if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0, 0.001))
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self.guard(), translate_errors():
@@ -657,6 +675,9 @@ class SQLiteSession:
                     f"epoch {lease.epoch}; batch rolled back",
                     projection=lease.projection,
                 )
+            # A committed batch proves the worker alive: on SQLite the heartbeat
+            # thread may be queued behind other writers, so renew the lease here too.
+            self.conn.execute(Q["batch_heartbeat"], (time.time(), lease.worker_id))
         return end
 
     def checkpoint(self, name: str) -> int:
