@@ -27,6 +27,7 @@ from typing import Final
 from stoic.errors import ConfigurationError, PermanentError, TransientError
 
 TRANSIENT_SQLSTATES: Final = frozenset({"40P01", "40001", "55P03", "57014", "57P01", "57P02", "57P03"})
+MAX_RETRY_DELAY_S: Final = 365 * 24 * 3600.0  #: longest wait of a background retry (a long schedule must not overflow)
 
 
 class Kind(Enum):
@@ -149,7 +150,11 @@ class RetrySchedule:
         """When to retry after ``attempts`` failed attempts; None when the failure is dead."""
         if attempts >= self.max_attempts:
             return None
-        return now + timedelta(seconds=self.first_delay * self.multiplier ** (attempts - 1))
+        try:
+            seconds = min(MAX_RETRY_DELAY_S, self.first_delay * self.multiplier ** (attempts - 1))
+        except OverflowError:
+            seconds = MAX_RETRY_DELAY_S
+        return now + timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

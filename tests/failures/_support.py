@@ -9,11 +9,16 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+import pytest
 from tests.apps import wait_until
 
 import stoic
 from stoic.health import ProjectionHealth
 from stoic.store import FailureRecord, FailureStatus, ProjectionDetails
+
+worker_backends = pytest.mark.parametrize("backend", ["sqlite-file", "postgres"])
+"""For the tests that run a worker thread (seconds each): the ``store`` fixture on a
+SQLite file and PostgreSQL only; the in-memory variant adds nothing there."""
 
 
 class Switch:

@@ -17,3 +17,4 @@ from ._support import Switch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _reset_switches() -> None:
     Switch.reset_all()
+

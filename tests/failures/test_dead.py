@@ -24,6 +24,7 @@ from ._support import (
     only_failure,
     poison,
     wait_failure,
+    worker_backends,
 )
 
 NAME = "mortal"
@@ -37,6 +38,7 @@ def fault(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:
 
 
 @pytest.mark.timeout(60)
+@worker_backends
 def test_dead_after_max_attempts_then_revived_then_retried(store: stoic.Store) -> None:
     app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=SCHEDULE)])
     a1, a2, b1, a3 = append_each(store, [("A", ev(1)), ("A", poison(2)), ("B", ev(3)), ("A", ev(4))])
@@ -89,3 +91,27 @@ def test_a_schedule_of_one_attempt_is_dead_at_once(store: stoic.Store) -> None:
     failure = only_failure(store, NAME)
     assert (failure.status, failure.attempts, failure.next_retry_at) == (FailureStatus.DEAD, 1, None)
     assert failure.blocking and failure.parked == 1
+
+
+def test_the_long_tail_of_a_long_schedule_keeps_retrying(store: stoic.Store) -> None:
+    """Regression: with RetrySchedule(4 s x 2, max_attempts=100) the retry after attempt
+    37 computed a date past year 9999 and raised OverflowError in the runner, so the
+    projection's maintenance — and with it every batch — failed over and over."""
+    app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=stoic.RetrySchedule(max_attempts=100))])
+    append_each(store, [("A", poison(1)), ("A", ev(2)), ("B", ev(3))])
+    stoic.Runner(store, app).run_until_caught_up()
+    failure = only_failure(store, NAME)
+    store.query("UPDATE stoic_failures SET attempts = 40 WHERE id = ?", (failure.id,))  # long ago...
+    ops = stoic.Operations(store)
+
+    ops.retry(failure.id, actor="kim")
+    stoic.Runner(store, app).run_until_caught_up()
+    later = only_failure(store, NAME)
+    assert (later.status, later.attempts) == (FailureStatus.RETRYING, 41)
+    assert later.next_retry_at is not None and later.next_retry_at > store.now() + timedelta(days=300)
+
+    BROKEN.on = False
+    ops.retry(failure.id, actor="kim")
+    stoic.Runner(store, app).run_until_caught_up()
+    assert only_failure(store, NAME).status is FailureStatus.RESOLVED
+    check_exactly_once(store, [NAME], upto=3)

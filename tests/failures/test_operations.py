@@ -26,6 +26,7 @@ from ._support import (
     health,
     poison,
     wait_failure,
+    worker_backends,
 )
 
 NAME = "operated"
@@ -235,6 +236,7 @@ def test_a_projection_the_app_knows_but_never_ran_cannot_be_paused(store: stoic.
 
 
 @pytest.mark.timeout(60)
+@worker_backends
 def test_pause_and_resume_with_a_running_worker(store: stoic.Store) -> None:
     BROKEN.on = False
     first = append_each(store, [("A", ev(1)), ("B", ev(2))])
@@ -260,6 +262,7 @@ def test_pause_and_resume_with_a_running_worker(store: stoic.Store) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("action", ["skip", "resolve"])
+@worker_backends
 def test_a_running_worker_releases_a_skipped_or_resolved_stream_promptly(
     store: stoic.Store, action: str
 ) -> None:

@@ -29,6 +29,7 @@ from ._support import (
     poison,
     wait_checkpoint,
     wait_failure,
+    worker_backends,
 )
 
 NAME = "parking"
@@ -46,6 +47,7 @@ def make_app(schedule: stoic.RetrySchedule, calls: Calls) -> stoic.App:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["schedule", "operator"])
+@worker_backends
 def test_a_poison_event_parks_its_stream_until_fixed_and_retried(store: stoic.Store, how: str) -> None:
     schedule = (
         stoic.RetrySchedule(first_delay=0.2, multiplier=1, max_attempts=1000)

@@ -27,6 +27,7 @@ from ._support import (
     only_failure,
     poison,
     wait_failure,
+    worker_backends,
 )
 
 NAME = "policies"
@@ -46,6 +47,7 @@ def app(on_error: str, schedule: stoic.RetrySchedule | None = None, batch_size: 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("batch_size", [500, 2])
+@worker_backends
 def test_halt_stops_right_before_the_failing_event_until_it_is_retried(
     store: stoic.Store, batch_size: int
 ) -> None:

@@ -4,8 +4,11 @@ idempotent-append rule. Nothing here talks to a driver."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -217,6 +220,52 @@ def check_read_args(position: object, limit: object) -> None:
         raise InvalidArgument(f"limit must be an int >= 1 (and < 2**63), got {limit!r}")
 
 
+class _Deadlines:
+    """One daemon thread that fires every watchdog whose time limit passed, so
+    that a batch does not pay for starting a timer thread of its own."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Watchdog]] = {}
+        self._ids = itertools.count()
+        self._wake_at = float("inf")
+        self._thread: threading.Thread | None = None
+
+    def arm(self, watchdog: Watchdog, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            key = next(self._ids)
+            self._armed[key] = (deadline, watchdog)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stoic-watchdog", daemon=True)
+                self._thread.start()
+            elif deadline < self._wake_at:
+                self._cond.notify()
+        return key
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key in [k for k, (deadline, _) in self._armed.items() if deadline <= now]:
+                    # Each firing gets its own thread, as with a timer per batch: cancel() may block.
+                    watchdog = self._armed.pop(key)[1]
+                    threading.Thread(target=watchdog._fire, name="stoic-watchdog-fire", daemon=True).start()
+                self._wake_at = min((deadline for deadline, _ in self._armed.values()), default=float("inf"))
+                self._cond.wait(self._wake_at - now if self._armed else None)
+
+
+_DEADLINES = _Deadlines()
+
+
 class Watchdog:
     """Cancels a batch that runs past its time limit: the running statement is
     cancelled at once, and :meth:`check` fails the batch if the limit passed
@@ -225,13 +274,11 @@ class Watchdog:
     def __init__(self, cancel: Callable[[], None], timeout: float | None) -> None:
         self.cancel, self.timeout = cancel, timeout
         self.fired = False
-        self._timer: threading.Timer | None = None
+        self._key: int | None = None
 
     def __enter__(self) -> Watchdog:
         if self.timeout is not None:
-            self._timer = threading.Timer(self.timeout, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+            self._key = _DEADLINES.arm(self, self.timeout)
         return self
 
     def _fire(self) -> None:
@@ -244,8 +291,8 @@ class Watchdog:
             raise OperationTimeout(f"batch ran past its time limit of {self.timeout} s; rolled back")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._key is not None:
+            _DEADLINES.disarm(self._key)
         if self.fired and exc_type is not None and not isinstance(exc, StoicError):
             raise OperationTimeout(f"batch ran past its time limit of {self.timeout} s; rolled back") from (
                 exc if isinstance(exc, BaseException) else None

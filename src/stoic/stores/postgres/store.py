@@ -20,6 +20,7 @@ import json
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -150,20 +151,20 @@ def qmark_to_pyformat(query: str) -> str:
 
 
 class PipelinedCursor:
-    """A cursor of a pipelined batch. Reading ``rowcount`` (or fetching) waits
-    for the statement's result, so ``UPDATE …; if cur.rowcount == 0: INSERT …``
-    works as it does on SQLite; statements whose result nobody reads stay
-    pipelined."""
+    """The cursor a handler gets. In a pipelined batch, reading ``rowcount`` (or
+    fetching) waits for that statement's result, so ``UPDATE …; if
+    cur.rowcount == 0: INSERT …`` works as on SQLite; statements whose result
+    nobody reads stay pipelined."""
 
-    __slots__ = ("_cursor", "_pipeline")
+    __slots__ = ("__weakref__", "_cursor", "_pipeline")
 
-    def __init__(self, cursor: psycopg.Cursor[Any], pipeline: psycopg.Pipeline) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], pipeline: psycopg.Pipeline | None) -> None:
         self._cursor = cursor
         self._pipeline = pipeline
 
     @property
     def rowcount(self) -> int:
-        if self._cursor.rowcount < 0 and self._cursor.pgresult is None:
+        if self._pipeline is not None and self._cursor.pgresult is None:
             self._pipeline.sync()
         return self._cursor.rowcount
 
@@ -177,7 +178,9 @@ class PipelinedCursor:
         return self._cursor.fetchmany(size)
 
     def __iter__(self) -> Any:
-        return iter(self._cursor)
+        # Fetch everything first: iterating a psycopg cursor lazily while the loop
+        # body sends more pipelined statements never ends.
+        return iter(self._cursor.fetchall())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
@@ -185,23 +188,36 @@ class PipelinedCursor:
 
 class PostgresTransaction:
     """The handle a handler writes through: the batch's connection, pipelined
-    when ``pipeline`` is given."""
+    when ``pipeline`` is given.
 
-    __slots__ = ("connection", "dialect", "pipeline")
+    Creating a psycopg cursor costs as much as sending a statement, so one
+    cursor is reused while the handler keeps no reference to the previous
+    statement's cursor (the usual ``tx.execute(...)`` written as a statement);
+    when it does keep one, the next statement gets a fresh cursor, so the kept
+    result stays readable.
+    """
+
+    __slots__ = ("_cursor", "_last", "connection", "dialect", "pipeline")
 
     def __init__(self, connection: psycopg.Connection[Any], pipeline: psycopg.Pipeline | None = None) -> None:
         self.connection = connection
         self.pipeline = pipeline
         self.dialect = "postgresql"
+        self._cursor: psycopg.Cursor[Any] | None = None
+        self._last: weakref.ref[PipelinedCursor] | None = None
 
-    def execute(self, query: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, query: str, params: Sequence[Any] = ()) -> PipelinedCursor:
+        cursor = self._cursor
+        last = self._last
+        if cursor is None or (last is not None and last() is not None):
+            cursor = self._cursor = self.connection.cursor()
         if params:
-            cursor = self.connection.execute(qmark_to_pyformat(query), params)  # type: ignore[arg-type]
+            cursor.execute(qmark_to_pyformat(query), params)  # type: ignore[arg-type]
         else:
-            cursor = self.connection.execute(query)  # type: ignore[arg-type]
-        if self.pipeline is None:
-            return cursor
-        return PipelinedCursor(cursor, self.pipeline)
+            cursor.execute(query)  # type: ignore[arg-type]
+        result = PipelinedCursor(cursor, self.pipeline)
+        self._last = weakref.ref(result)
+        return result
 
     def executemany(self, query: str, params_seq: Sequence[Sequence[Any]]) -> None:
         with self.connection.cursor() as cur:
@@ -675,7 +691,7 @@ class PostgresSession:
     ) -> int:
         params = {"end": end, "count": count, "name": lease.projection, "start": start,
                   "worker": lease.worker_id, "epoch": lease.epoch}
-        with translate_errors(), Watchdog(self.conn.cancel_safe, timeout) as watchdog:
+        with translate_errors(), self._watchdog(timeout) as watchdog:
             with self.conn.transaction():
                 if timeout is not None:
                     self.conn.execute(Q["statement_timeout"], (f"{int(timeout * 1000)}ms",), prepare=True)
@@ -701,6 +717,22 @@ class PostgresSession:
                         projection=lease.projection,
                     )
         return int(params["end"])
+
+    @contextlib.contextmanager
+    def _watchdog(self, timeout: float | None) -> Iterator[Watchdog]:
+        """The batch's watchdog. Once it has fired, its cancel request may reach the
+        server after the batch ended (e.g. when statement_timeout stopped the batch
+        first) and cancel this connection's next statement — even the ROLLBACK,
+        leaving the connection in a failed transaction — so the connection is replaced."""
+        watchdog = Watchdog(self.conn.cancel_safe, timeout)
+        try:
+            with watchdog:
+                yield watchdog
+        finally:
+            if watchdog.fired:
+                old, self.conn = self.conn, self.store.connect(autocommit=True)
+                with contextlib.suppress(psycopg.Error):
+                    old.close()
 
     def checkpoint(self, name: str) -> int:
         with translate_errors():
