@@ -25,9 +25,10 @@ import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from stoic.errors import LeaseLost, StoreUnavailable
 from stoic.events import RecordedEvent
@@ -48,6 +49,7 @@ log = logging.getLogger("stoic.runner")
 
 SUSPECT_BATCHES = 5  #: after a batch with failures, this many batches start with savepoints
 MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
+RELEASES_PER_TX = 100  #: failures retried or released in one transaction
 VERIFY_INTERVAL_S = 60.0  #: how often a runner runs the late-arrival self-check, seconds
 TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
 
@@ -60,6 +62,58 @@ class StepResult:
     position: int  #: the checkpoint after the step
     wait: float = 0.0  #: seconds to wait (back-off, breaker cool-down, pause); 0 = go on
     idle: bool = False  #: caught up (or blocked): wait for new events
+
+
+class _Rewind(Exception):
+    """A handler failed after writing: its segment must be rolled back."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index)
+        self.index, self.error = index, error
+
+
+@dataclass(slots=True)
+class _IsolatedState:
+    """What an isolated run has decided so far; copied at each savepoint so that
+    a rolled-back segment's decisions are rolled back too."""
+
+    blocked: dict[str, int]
+    parked: Counter[int]
+    failed: list[int]
+    last: int
+    count: int
+    halted: bool
+
+    def copy(self) -> _IsolatedState:
+        return _IsolatedState(dict(self.blocked), Counter(self.parked), list(self.failed),
+                              self.last, self.count, self.halted)
+
+    def restore(self, other: _IsolatedState) -> None:
+        self.blocked, self.parked, self.failed = other.blocked, other.parked, other.failed
+        self.last, self.count, self.halted = other.last, other.count, other.halted
+
+
+class _CountingTransaction:
+    """Passes statements through and counts them, to tell whether a failing
+    handler had written anything."""
+
+    __slots__ = ("_tx", "dialect", "statements")
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+        self.dialect = tx.dialect
+        self.statements = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.statements += 1
+        return self._tx.execute(sql, params)
+
+    def executemany(self, sql: str, params_seq: Sequence[Sequence[Any]]) -> None:
+        self.statements += 1
+        self._tx.executemany(sql, params_seq)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
 
 
 def _now() -> datetime:
@@ -314,44 +368,81 @@ class ProjectionRunner:
         return StepResult(len(events), self.position)
 
     def _isolated_run(self, events: list[RecordedEvent], pipeline: bool) -> int:
+        """Applies a batch that failed, finding each failing event.
+
+        Most poison events fail before their handler wrote anything (bad data
+        is noticed first): those are recorded on the spot, with no savepoint at
+        all. Only when a failing handler had already written is its segment
+        rolled back to the savepoint taken at the segment's start, the events
+        before it applied again, and the failure recorded. So a batch with
+        failures costs about one more pass, not a savepoint per event."""
         session = self._session()
         handlers, catch_all = self._handlers, self._catch_all
-        blocked = dict(self._blocked)
-        parked: Counter[int] = Counter()
+        on_error = self.policy.on_error
+        state = _IsolatedState(dict(self._blocked), Counter(), [], self.position, 0, False)
         start = self.position
-        failed: list[int] = []
 
-        def apply(tx: Transaction) -> tuple[int, int] | None:
-            last, count = start, 0
-            for event in events:
-                failure_id = blocked.get(event.stream_id)
+        def process(tx: _CountingTransaction, first: int, end: int) -> None:
+            for index in range(first, end):
+                event = events[index]
+                failure_id = state.blocked.get(event.stream_id)
                 if failure_id is not None:
-                    parked[failure_id] += 1
+                    state.parked[failure_id] += 1
                 else:
                     handler = handlers.get(event.type, catch_all)
                     if handler is not None:
+                        before = tx.statements
                         try:
-                            with session.savepoint():
-                                handler(event, tx)
+                            handler(event, tx)
                         except Exception as exc:
                             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                                 raise
-                            failure_id = self._record_failure(event, exc)
-                            failed.append(failure_id)
-                            if self.policy.on_error is OnError.HALT:
-                                break  # the checkpoint stops before the failing event
-                            if self.policy.on_error is OnError.PARK:
-                                blocked[event.stream_id] = failure_id
-                last, count = event.position, count + 1
-            session.add_parked(dict(parked))
-            return last, count
+                            if tx.statements != before:
+                                raise _Rewind(index, exc) from exc
+                            if self._fail(event, exc, state):
+                                return
+                state.last, state.count = event.position, state.count + 1
+
+        def apply(raw: Transaction) -> tuple[int, int] | None:
+            tx = _CountingTransaction(raw)
+            first = 0
+            while first < len(events) and not state.halted:
+                saved = state.copy()
+                try:
+                    with session.savepoint():
+                        process(tx, first, len(events))
+                    break
+                except _Rewind as rewind:
+                    state.restore(saved)
+                    with session.savepoint():
+                        process(tx, first, rewind.index)  # succeeded before: must succeed again
+                    if state.halted:
+                        break
+                    self._fail(events[rewind.index], rewind.error, state)
+                    if not state.halted:
+                        state.last, state.count = events[rewind.index].position, state.count + 1
+                    first = rewind.index + 1
+            session.add_parked(dict(state.parked))
+            return state.last, state.count
 
         self.position = session.apply_batch(
             self._lease(), start, events[-1].position, len(events), apply, pipeline=pipeline,
             timeout=self.policy.batch_timeout)
-        if failed:
+        self._blocked = state.blocked
+        if state.failed and on_error is OnError.HALT:
             self._load_failures()
-        return len(failed)
+        return len(state.failed)
+
+    def _fail(self, event: RecordedEvent, exc: BaseException, state: _IsolatedState) -> bool:
+        """Records a failing event in an isolated run; True when the run must stop (halt)."""
+        failure_id = self._record_failure(event, exc)
+        state.failed.append(failure_id)
+        if self.policy.on_error is OnError.HALT:
+            state.halted = True
+            return True
+        if self.policy.on_error is OnError.PARK:
+            state.blocked[event.stream_id] = failure_id
+        return False
 
     def _commit(
         self, start: int, end: int, count: int, apply: Callable[[Transaction], tuple[int, int] | None]
@@ -401,85 +492,114 @@ class ProjectionRunner:
 
     def _maintain(self) -> None:
         """Retries due failures and releases the streams of failures a person
-        skipped or resolved. Each failure is dealt with in its own fenced transaction."""
+        skipped or resolved, in fenced transactions of up to RELEASES_PER_TX."""
         session = self._session()
         failures = session.blocking_failures(self.name)
         if not failures:
             self._blocked, self._halted = {}, None
             return
         now = _now()
+        due: list[tuple[FailureRecord, bool]] = []
         for failure in failures:
             if failure.status in (FailureStatus.RESOLVED, FailureStatus.SKIPPED):
-                self._guarded(lambda f=failure: self._release(f, apply_failed=False))
+                due.append((failure, False))
             elif failure.status is FailureStatus.RETRYING and (
                 failure.retry_requested or (failure.next_retry_at is not None and failure.next_retry_at <= now)
             ):
-                self._guarded(lambda f=failure: self._release(f, apply_failed=True))
+                due.append((failure, True))
+        halts = [item for item in due if item[0].policy == OnError.HALT.value]
+        parks = [item for item in due if item[0].policy != OnError.HALT.value]
+        for item in halts[:1]:
+            self._guarded(lambda item=item: self._release([item], halt=True))
+        for i in range(0, len(parks), RELEASES_PER_TX):
+            self._guarded(lambda chunk=parks[i:i + RELEASES_PER_TX]: self._release(chunk, halt=False))
         self._load_failures()
 
-    def _release(self, failure: FailureRecord, apply_failed: bool) -> StepResult:
-        """Applies the failed event (when retrying) and then its parked followers,
-        in order, in one transaction that also closes the failure. Under halt, a
-        successful retry (or a skip) moves the checkpoint past the event."""
+    def _release(self, items: list[tuple[FailureRecord, bool]], halt: bool) -> StepResult:
+        """For each failure: applies the failed event (when retrying) and then its
+        parked followers, in order, and closes the failure — all in one
+        transaction, each failure under its own savepoint. Under halt (one
+        failure), a successful retry or a skip moves the checkpoint past the event."""
         session = self._session()
-        handlers, catch_all = self._handlers, self._catch_all
-        halt = failure.policy == OnError.HALT.value
         start = self.position
-        followers = [] if halt else session.read_stream_range(failure.stream_id, failure.position, start)
-        retried = session.read_events([failure.position]) if apply_failed else []
-        outcome: dict[str, object] = {}
+        work = []
+        for failure, apply_failed in items:
+            followers = [] if halt else session.read_stream_range(failure.stream_id, failure.position, start)
+            retried = session.read_events([failure.position]) if apply_failed else []
+            work.append((failure, apply_failed, retried, followers))
+        outcomes: list[tuple[FailureRecord, bool, str | None, int]] = []
 
         def apply(tx: Transaction) -> tuple[int, int] | None:
-            for event in retried:
-                handler = handlers.get(event.type, catch_all)
-                try:
-                    with session.savepoint():
-                        if handler is not None:
-                            handler(event, tx)
-                except Exception as exc:
-                    if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
-                        raise
-                    attempts = failure.attempts + 1
-                    next_retry = self.policy.schedule.next_retry(attempts, _now())
-                    status = FailureStatus.RETRYING if next_retry else FailureStatus.DEAD
-                    error_class, message = describe(exc)
-                    session.record_retry_failure(
-                        failure.id, status, next_retry, error_class, message[:10_000], _traceback(exc))
-                    outcome["failed"] = status.value
-                    return start, 0
-            new_block: int | None = None
-            still_parked = 0
-            for follower in followers:
-                if new_block is not None:
-                    still_parked += 1
-                    continue
-                handler = handlers.get(follower.type, catch_all)
-                if handler is None:
-                    continue
-                try:
-                    with session.savepoint():
-                        handler(follower, tx)
-                except Exception as exc:
-                    if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
-                        raise
-                    new_block = self._record_failure(follower, exc)
-            if new_block is not None and still_parked:
-                session.add_parked({new_block: still_parked})
-            resolution = Resolution.MANUAL_RETRY if failure.retry_requested else Resolution.AUTO_RETRY
-            session.close_failure(failure.id, resolution if apply_failed else None, 0)
-            outcome["released"] = len(followers)
-            return (failure.position, 1) if halt else (start, 0)
+            reached = (start, 0)
+            for failure, apply_failed, retried, followers in work:
+                failed = self._retry_part(tx, failure, retried)
+                if failed is None:
+                    self._release_part(tx, failure, apply_failed, followers)
+                    if halt:
+                        reached = (failure.position, 1)
+                outcomes.append((failure, apply_failed, failed, len(followers)))
+            return reached
 
         self._commit(start, start, 0, apply)
-        if "failed" in outcome:
-            log.warning("retry failed", extra={
-                "action": "retry_failed", "projection": self.name, "failure_id": failure.id,
-                "status": outcome["failed"]})
-        else:
-            log.info("failure released", extra={
-                "action": "failure_released", "projection": self.name, "failure_id": failure.id,
-                "followers": outcome.get("released", 0), "retried": apply_failed})
+        for failure, apply_failed, failed, followers in outcomes:
+            if failed is not None:
+                log.warning("retry failed", extra={
+                    "action": "retry_failed", "projection": self.name, "failure_id": failure.id,
+                    "status": failed})
+            else:
+                log.info("failure released", extra={
+                    "action": "failure_released", "projection": self.name, "failure_id": failure.id,
+                    "followers": followers, "retried": apply_failed})
         return StepResult(0, self.position)
+
+    def _retry_part(self, tx: Transaction, failure: FailureRecord, retried: list[RecordedEvent]) -> str | None:
+        """Applies a failed event again under a savepoint; on a permanent error
+        counts the attempt and returns the failure's new status, else None."""
+        session = self._session()
+        for event in retried:
+            handler = self._handlers.get(event.type, self._catch_all)
+            try:
+                with session.savepoint():
+                    if handler is not None:
+                        handler(event, tx)
+            except Exception as exc:
+                if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                    raise
+                attempts = failure.attempts + 1
+                next_retry = self.policy.schedule.next_retry(attempts, _now())
+                status = FailureStatus.RETRYING if next_retry else FailureStatus.DEAD
+                error_class, message = describe(exc)
+                session.record_retry_failure(
+                    failure.id, status, next_retry, error_class, message[:10_000], _traceback(exc))
+                return status.value
+        return None
+
+    def _release_part(
+        self, tx: Transaction, failure: FailureRecord, apply_failed: bool, followers: list[RecordedEvent]
+    ) -> None:
+        """Applies a failure's parked followers in order and closes the failure; a
+        follower that fails becomes the stream's new blocking failure."""
+        session = self._session()
+        new_block: int | None = None
+        still_parked = 0
+        for follower in followers:
+            if new_block is not None:
+                still_parked += 1
+                continue
+            handler = self._handlers.get(follower.type, self._catch_all)
+            if handler is None:
+                continue
+            try:
+                with session.savepoint():
+                    handler(follower, tx)
+            except Exception as exc:
+                if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
+                    raise
+                new_block = self._record_failure(follower, exc)
+        if new_block is not None and still_parked:
+            session.add_parked({new_block: still_parked})
+        resolution = Resolution.MANUAL_RETRY if failure.retry_requested else Resolution.AUTO_RETRY
+        session.close_failure(failure.id, resolution if apply_failed else None, 0)
 
 
 def schedule_delay(next_retry_at: datetime | None) -> float:

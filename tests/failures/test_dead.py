@@ -4,6 +4,7 @@ retry after the fix resolves it."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -44,7 +45,7 @@ def test_dead_after_max_attempts_then_revived_then_retried(store: stoic.Store) -
     a1, a2, b1, a3 = append_each(store, [("A", ev(1)), ("A", poison(2)), ("B", ev(3)), ("A", ev(4))])
     ops = stoic.Operations(store)
 
-    with WorkerThread(store, app) as worker:
+    with WorkerThread(store, app):
         dead = wait_failure(store, NAME, status=FailureStatus.DEAD)
         assert (dead.attempts, dead.next_retry_at, dead.resolution) == (3, None, None)
         assert dead.blocking and dead.parked == 1  # still parks its stream
@@ -55,10 +56,8 @@ def test_dead_after_max_attempts_then_revived_then_retried(store: stoic.Store) -
         assert codes(item) == {"dead_failures", "parked_streams"}, item.causes
         assert "1 failure dead after all retries" in cause(item, "dead_failures")
         assert item.failures == {"dead": 1}
-        # Dead means no more background retries.
-        attempts = dead.attempts
-        worker.runner.stop()
-    assert only_failure(store, NAME).attempts == attempts
+        time.sleep(0.7)  # more than a maintenance round: dead means no more background retries
+        assert only_failure(store, NAME).attempts == dead.attempts
     assert applied_order(store, NAME) == [a1, b1]
 
     # Revive: retrying again, attempts reset, due now.
@@ -67,19 +66,25 @@ def test_dead_after_max_attempts_then_revived_then_retried(store: stoic.Store) -
     assert revived.next_retry_at is not None and revived.next_retry_at <= store.now() + timedelta(seconds=1)
     assert (revived.actor, revived.note) == ("dana", "one more round")
 
-    # Still broken: the whole schedule runs again, and it dies again.
-    with WorkerThread(store, app):
-        wait_until(lambda: only_failure(store, NAME).attempts >= 1, 5, "the revived failure to be retried")
-        again = wait_failure(store, NAME, status=FailureStatus.DEAD)
-    assert again.attempts == SCHEDULE.max_attempts and again.next_retry_at is None
+    # Still broken: the whole schedule runs again (in-process passes when each retry is due),
+    # and it dies again.
+    attempts = []
+    while (current := only_failure(store, NAME)).status is FailureStatus.RETRYING and len(attempts) < 5:
+        assert current.next_retry_at is not None
+        time.sleep(max(0.0, (current.next_retry_at - store.now()).total_seconds()) + 0.01)
+        stoic.Runner(store, app).run_until_caught_up()  # its first step retries what is due
+        attempts.append(only_failure(store, NAME).attempts)
+    assert attempts == [1, 2, 3]
+    again = only_failure(store, NAME)
+    assert (again.status, again.next_retry_at, again.resolution) == (FailureStatus.DEAD, None, None)
 
     # Fixed: a retry of the dead failure resolves it and releases the stream.
     BROKEN.on = False
-    with WorkerThread(store, app):
-        ops.retry(dead.id, actor="dana", reason="fix deployed")
-        done = wait_failure(store, NAME, status=FailureStatus.RESOLVED)
-        wait_until(lambda: len(applied_order(store, NAME)) == 4, 5, "the parked event")
-    assert (done.resolution, done.blocking, done.attempts) == (Resolution.MANUAL_RETRY, False, 3)
+    ops.retry(dead.id, actor="dana", reason="fix deployed")
+    stoic.Runner(store, app).run_until_caught_up()
+    done = only_failure(store, NAME)
+    assert (done.status, done.resolution, done.blocking, done.attempts) == (
+        FailureStatus.RESOLVED, Resolution.MANUAL_RETRY, False, 3)
     assert applied_order(store, NAME) == [a1, b1, a2, a3]
     check_exactly_once(store, [NAME], upto=a3)
 

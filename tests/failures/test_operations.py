@@ -6,6 +6,7 @@ itself is not applied)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from ._support import (
     ev,
     failures,
     health,
+    only_failure,
     poison,
     wait_failure,
     worker_backends,
@@ -70,7 +72,7 @@ def two_failures(store: stoic.Store) -> tuple[stoic.Operations, list[int]]:
 def test_retry_is_audited_done_by_the_worker_and_refused_once_resolved(
     store: stoic.Store, two_failures: tuple[stoic.Operations, list[int]]
 ) -> None:
-    ops, (a1, a2, b1, a3, b2, a4) = two_failures
+    ops, (a1, a2, _, a3, _, a4) = two_failures
     failure = failures(store, NAME)[0]
 
     asked = ops.retry(failure.id, actor="alice", reason="looks transient")
@@ -247,7 +249,7 @@ def test_pause_and_resume_with_a_running_worker(store: stoic.Store) -> None:
         assert last_audit(ops) == ("frank", "pause", f"projection:{NAME}", "schema migration", "ok")
         time.sleep(0.6)  # the holder notices within a maintenance round (0.5 s)
         later = append_each(store, [("A", ev(3)), ("C", ev(4))])
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert checkpoint(store, NAME) == first[-1], "a paused projection went on"
         item = health(store, NAME)
         assert item.status is Status.PAUSED, item.causes
@@ -261,20 +263,78 @@ def test_pause_and_resume_with_a_running_worker(store: stoic.Store) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("action", ["skip", "resolve"])
 @worker_backends
-def test_a_running_worker_releases_a_skipped_or_resolved_stream_promptly(
-    store: stoic.Store, action: str
-) -> None:
-    a1, a2, b1, a3, a4 = append_each(store, [
-        ("A", ev(1)), ("A", poison(2)), ("B", ev(3)), ("A", ev(4)), ("A", ev(5, type="Withdrawn"))])
+def test_a_running_worker_releases_skipped_and_resolved_streams_promptly(store: stoic.Store) -> None:
+    a1, a2, c1, b1, a3, c2, a4 = append_each(store, [
+        ("A", ev(1)), ("A", poison(2)), ("C", poison(3)), ("B", ev(4)), ("A", ev(5)), ("C", ev(6)),
+        ("A", ev(7, type="Withdrawn"))])
     ops = stoic.Operations(store, projections=[NAME])
     with WorkerThread(store, make_app()):
-        failure = wait_failure(store, NAME, parked=2)
+        wait_until(lambda: [f.parked for f in failures(store, NAME)] == [2, 1], 10, "both failures")
         wait_until(lambda: checkpoint(store, NAME) == a4, 5, "the checkpoint at the head")
-        getattr(ops, action)(failure.id, actor="hank", reason="not needed")
+        fa, fc = failures(store, NAME)
+        ops.skip(fa.id, actor="hank", reason="not needed")
+        ops.resolve(fc.id, actor="hank", reason="applied by hand")
         started = time.monotonic()
-        wait_until(lambda: applied_order(store, NAME) == [a1, b1, a3, a4], 5, "the followers")
-        assert time.monotonic() - started < 2.0
-    check_applied(store, NAME, not_applied=[a2])
-    assert not ops.failure(failure.id).blocking
+        wait_until(lambda: applied_order(store, NAME) == [a1, b1, a3, a4, c2], 5, "the followers")
+        # docs/failures.md: the holder does the work "within half a second" (a maintenance round).
+        assert time.monotonic() - started < 1.0
+    check_applied(store, NAME, not_applied=[a2, c1])
+    assert not any(f.blocking for f in failures(store, NAME))
+
+
+@pytest.mark.timeout(60)
+@worker_backends
+def test_a_skip_racing_a_retry_leaves_a_truthful_record(store: stoic.Store, request: pytest.FixtureRequest) -> None:
+    """An operator skips a failure while its holder is retrying it (the fix is out).
+    Whoever wins, the record must tell the truth: resolved if the event was applied,
+    skipped only if it was not. On SQLite the skip waits for the retry's write lock
+    and is then refused. On PostgreSQL the skip commits while the retry's transaction
+    runs, and the retry then applies the event anyway: the failure reads "skipped
+    (manual_skip)" although its event was applied (found by this suite; see the report)."""
+    if store.dialect == "postgresql":
+        request.applymarker(pytest.mark.xfail(
+            reason="a skip committed during a retry is overwritten by the retry's effects", strict=True,
+            raises=AssertionError))
+    in_retry, go = threading.Event(), threading.Event()
+
+    def gated(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:
+        if event.data.get("poison"):
+            if BROKEN.on:
+                raise ValueError("poison")
+            in_retry.set()
+            go.wait(10)
+
+    app = stoic.App([FaultyLedger(NAME, gated, retry_schedule=stoic.RetrySchedule(first_delay=3600))])
+    a1, a2, a3 = append_each(store, [("A", ev(1)), ("A", poison(2)), ("A", ev(3))])
+    ops = stoic.Operations(store, projections=[NAME])
+    outcome: list[object] = []
+
+    def skip() -> None:
+        try:
+            outcome.append(ops.skip(failure.id, actor="bob", reason="skip it").status)
+        except stoic.ActionRefused as exc:
+            outcome.append(exc)
+
+    with WorkerThread(store, app):
+        failure = wait_failure(store, NAME, parked=1)
+        BROKEN.on = False
+        ops.retry(failure.id, actor="alice", reason="fix deployed")
+        assert in_retry.wait(5), "the retry did not start"
+        operator = threading.Thread(target=skip)
+        operator.start()
+        time.sleep(0.3)  # the skip is under way (SQLite: waiting for the write lock)
+        go.set()
+        operator.join(15)
+        wait_until(lambda: not only_failure(store, NAME).blocking, 5, "the stream to be released")
+
+    final = only_failure(store, NAME)
+    applied = applied_order(store, NAME)
+    assert a1 in applied and a3 in applied
+    if a2 in applied:
+        assert (final.status, final.resolution) == (FailureStatus.RESOLVED, Resolution.MANUAL_RETRY), (
+            f"event {a2} was applied but its failure reads {final.status.value} ({final.resolution}); "
+            f"the skip returned {outcome}")
+        assert isinstance(outcome[0], stoic.ActionRefused)
+    else:
+        assert (final.status, final.resolution) == (FailureStatus.SKIPPED, Resolution.MANUAL_SKIP)

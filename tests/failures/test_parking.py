@@ -89,9 +89,9 @@ def test_a_poison_event_parks_its_stream_until_fixed_and_retried(store: stoic.St
 
         if how == "schedule":
             # The background schedule keeps trying while the bug is there.
-            wait_failure(store, NAME, attempts=3)
+            wait_failure(store, NAME, attempts=2)
         else:
-            time.sleep(1.2)  # more than two maintenance rounds: nothing retries by itself
+            time.sleep(0.6)  # more than a maintenance round (0.5 s): nothing retries by itself
             assert only_failure(store, NAME).attempts == 1
         assert applied_order(store, NAME) == [a1, b1, b2, b3, b4]
 
@@ -146,3 +146,71 @@ def test_parked_events_wait_across_batches_and_other_streams_are_not_held(store:
     assert only_failure(store, NAME).status is FailureStatus.RESOLVED
     assert applied_order(store, NAME)[len(others) + 1:] == [*a_positions, store.head() - 1]
     check_exactly_once(store, [NAME], upto=store.head())
+
+
+def test_a_follower_that_fails_during_the_release_parks_the_rest_behind_it(store: stoic.Store) -> None:
+    """Two poison events in one stream: the second is parked behind the first; when
+    the first is fixed and retried, the second fails in its turn and the events after
+    it stay parked — now behind the second failure, still in order."""
+    calls = Calls()
+    still_broken = {"second"}
+
+    def fault(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:
+        calls.add(event.position)
+        bug = event.data.get("bug")
+        if bug and (BROKEN.on or bug in still_broken):
+            raise ValueError(f"bug {bug}")
+
+    app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=stoic.RetrySchedule(first_delay=3600))])
+    a1, a2, b1, a3, a4, a5 = append_each(store, [
+        ("A", ev(1)), ("A", ev(2, bug="first")), ("B", ev(3)), ("A", ev(4, bug="second")), ("A", ev(5)),
+        ("A", ev(6))])
+    stoic.Runner(store, app).run_until_caught_up()
+    first = only_failure(store, NAME)
+    assert (first.position, first.parked) == (a2, 3)
+
+    BROKEN.on = False  # only the first bug is fixed
+    ops = stoic.Operations(store)
+    ops.retry(first.id, actor="lee")
+    stoic.Runner(store, app).run_until_caught_up()
+    done, second = sorted(store.list_failures(NAME), key=lambda f: f.id)
+    assert (done.status, done.resolution, done.blocking) == (FailureStatus.RESOLVED, Resolution.MANUAL_RETRY, False)
+    assert (second.position, second.status, second.blocking) == (a3, FailureStatus.RETRYING, True)
+    assert second.parked == 2  # a4, a5 now wait behind the second failure
+    assert applied_order(store, NAME) == [a1, b1, a2]
+
+    still_broken.clear()
+    ops.retry(second.id, actor="lee")
+    stoic.Runner(store, app).run_until_caught_up()
+    assert applied_order(store, NAME) == [a1, b1, a2, a3, a4, a5]
+    check_exactly_once(store, [NAME], upto=a5)
+
+
+def test_a_transient_error_during_a_retry_does_not_count_as_an_attempt(store: stoic.Store) -> None:
+    calls = Calls()
+    flaky = {"left": 2}
+
+    def fault(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:
+        calls.add(event.position)
+        if event.data.get("poison"):
+            if BROKEN.on:
+                raise ValueError("poison")
+            if flaky["left"]:
+                flaky["left"] -= 1
+                raise TimeoutError("the dependency is slow right now")
+
+    app = stoic.App([FaultyLedger(NAME, fault, retry_schedule=stoic.RetrySchedule(first_delay=3600),
+                                  retry_policy=stoic.RetryPolicy(initial_delay=0.01, max_attempts=5))])
+    a1, a2 = append_each(store, [("A", poison(1)), ("A", ev(2))])
+    stoic.Runner(store, app).run_until_caught_up()
+    failure = only_failure(store, NAME)
+    BROKEN.on = False
+    stoic.Operations(store).retry(failure.id, actor="lee")
+    runs = 0
+    while only_failure(store, NAME).status is FailureStatus.RETRYING and runs < 5:
+        stoic.Runner(store, app).run_until_caught_up()  # each pass: one maintenance round
+        runs += 1
+    done = only_failure(store, NAME)
+    assert (done.status, done.attempts, done.resolution) == (FailureStatus.RESOLVED, 1, Resolution.MANUAL_RETRY)
+    assert runs == 3 and len(calls.at(a1)) == 2 + 3  # fast path + isolated run, then three retries
+    check_exactly_once(store, [NAME], upto=a2)

@@ -46,11 +46,9 @@ def app(on_error: str, schedule: stoic.RetrySchedule | None = None, batch_size: 
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("batch_size", [500, 2])
 @worker_backends
-def test_halt_stops_right_before_the_failing_event_until_it_is_retried(
-    store: stoic.Store, batch_size: int
-) -> None:
+def test_halt_stops_right_before_the_failing_event_until_it_is_retried(store: stoic.Store) -> None:
+    batch_size = 500  # the failing event mid-batch; batch boundaries: the test below
     a1, b1, a2, b2, c1 = append_each(store, [
         ("A", ev(1)), ("B", ev(2)), ("A", poison(3)), ("B", ev(4)), ("C", ev(5))])
 
@@ -80,6 +78,22 @@ def test_halt_stops_right_before_the_failing_event_until_it_is_retried(
     assert (done.status, done.resolution, done.blocking) == (FailureStatus.RESOLVED, Resolution.MANUAL_RETRY, False)
     assert applied_order(store, NAME) == [a1, b1, a2, b2, c1, b3, c2]  # global order
     check_exactly_once(store, [NAME], upto=c2)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_halt_at_any_place_in_a_batch_then_retried_in_global_order(store: stoic.Store, batch_size: int) -> None:
+    """The failing event first, second or last in its batch (a2 is position 3)."""
+    a1, b1, a2, b2, c1, a3 = append_each(store, [
+        ("A", ev(1)), ("B", ev(2)), ("A", poison(3)), ("B", ev(4)), ("C", ev(5)), ("A", ev(6))])
+    halting = app("halt", batch_size=batch_size)
+    for _ in range(2):  # a restarted runner stays halted too
+        assert stoic.Runner(store, halting).run_until_caught_up() == {NAME: b1}
+    assert applied_order(store, NAME) == [a1, b1]
+    BROKEN.on = False
+    stoic.Operations(store).retry(only_failure(store, NAME).id, actor="carol")
+    assert stoic.Runner(store, halting).run_until_caught_up() == {NAME: a3}
+    assert applied_order(store, NAME) == [a1, b1, a2, b2, c1, a3]
+    check_exactly_once(store, [NAME], upto=a3)
 
 
 def test_halt_is_retried_by_the_background_schedule_too(store: stoic.Store) -> None:

@@ -28,7 +28,7 @@ def test_a_failure_recorded_before_a_sigkill_is_retried_after_restart(shared_url
     fixed = tmp_path / "fix-deployed"
     options = {
         "app": "tests.apps:make_poison_app",
-        "lease_ttl": 1.0,
+        "lease_ttl": 0.6,
         "claim_interval": 0.2,
         "env": {"STOIC_TEST_FIXED_FLAG": str(fixed), "STOIC_TEST_RETRY_DELAY": str(RETRY_DELAY)},
     }

@@ -14,11 +14,11 @@ from tests.apps import FaultyLedger, applied_order, check_exactly_once
 
 import stoic
 
-from ._support import Calls, Switch, append_each, checkpoint, details, ev, failures
+from ._support import Calls, Switch, append_each, checkpoint, details, ev, failures, worker_backends
 
 NAME = "timed"
 SLOW = Switch()
-LIMIT = 0.3  # seconds
+LIMIT = 0.2  # seconds
 RETRY = stoic.RetryPolicy(initial_delay=0.01, max_attempts=3)
 SLOW_SQLITE = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000000) SELECT count(*) FROM c"
@@ -31,7 +31,7 @@ def make_fault(where: str, calls: Calls) -> stoic.projection.Handler:
             return
         calls.add(event.position)
         if where == "python":
-            time.sleep(LIMIT * 2)  # cannot be interrupted: failed when it returns
+            time.sleep(LIMIT + 0.1)  # cannot be interrupted: failed when it returns
         elif tx.dialect == "postgresql":
             tx.execute("SELECT pg_sleep(2)")
         else:
@@ -41,10 +41,17 @@ def make_fault(where: str, calls: Calls) -> stoic.projection.Handler:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("where", ["database", "python"])
-def test_a_batch_over_its_time_limit_is_rolled_back_and_retried_as_transient(
-    store: stoic.Store, where: str
-) -> None:
+def test_a_slow_statement_is_cancelled_the_batch_rolled_back_and_retried_as_transient(store: stoic.Store) -> None:
+    over_the_limit(store, "database")
+
+
+@pytest.mark.timeout(60)
+@worker_backends
+def test_a_handler_stuck_in_python_fails_its_batch_when_it_returns(store: stoic.Store) -> None:
+    over_the_limit(store, "python")
+
+
+def over_the_limit(store: stoic.Store, where: str) -> None:
     calls = Calls()
     a1, a2, b1, a3 = append_each(store, [("A", ev(1)), ("A", ev(2)), ("B", ev(3, slow=True)), ("A", ev(4))])
     app = stoic.App([FaultyLedger(
@@ -109,7 +116,7 @@ def test_a_late_cancel_never_hits_the_sessions_next_statement(make_url: object) 
 
             return apply
 
-        for _ in range(8):
+        for _ in range(6):
             with pytest.raises(stoic.OperationTimeout):
                 session.apply_batch(lease, 0, 0, 0, sleep(1), timeout=0.1)
             # A statement that is running when a late cancel would arrive.

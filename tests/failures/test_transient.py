@@ -115,7 +115,7 @@ def down_dependency(calls: Calls) -> Callable[..., None]:
 
 @pytest.mark.timeout(60)
 def test_a_dependency_that_stays_down_opens_the_breaker_until_a_probe_succeeds(shared_url: str) -> None:
-    cooldown = 0.8
+    cooldown = 0.5
     store = stoic.connect(shared_url)
     calls = Calls()
     positions = append_each(store, [("A", ev(i)) for i in range(1, 6)])

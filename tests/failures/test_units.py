@@ -88,7 +88,8 @@ def test_next_retry_follows_the_schedule_and_is_none_from_max_attempts_on(
         assert later is None or later >= at  # never sooner than the previous retry
 
 
-@pytest.mark.parametrize("schedule", [RetrySchedule(max_attempts=200), RetrySchedule(multiplier=1e6, max_attempts=2000)])
+@pytest.mark.parametrize(
+    "schedule", [RetrySchedule(max_attempts=200), RetrySchedule(multiplier=1e6, max_attempts=2000)])
 def test_a_long_schedule_does_not_overflow(schedule: RetrySchedule) -> None:
     """Regression: attempt 37 of RetrySchedule(4 s x 2) used to raise OverflowError (a
     date past year 9999), which wedged the runner's background retries."""
