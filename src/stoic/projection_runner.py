@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stoic.errors import LeaseLost, StoreUnavailable
+from stoic.errors import LeaseLost, StoreUnavailable, TransientError
 from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
 from stoic.projection import Projection
@@ -298,7 +298,7 @@ class ProjectionRunner:
     def _set_breaker(self, state: str, failures: int, reason: str | None) -> None:
         self._breaker_state, self._transient_streak = state, failures
         # If the store is down too, the in-memory state still protects the dependency.
-        with contextlib.suppress(StoreUnavailable):
+        with contextlib.suppress(TransientError):
             self._session().set_breaker(self.name, state, failures, reason)
 
     # -- batches ---------------------------------------------------------------------------
@@ -532,6 +532,12 @@ class ProjectionRunner:
         def apply(tx: Transaction) -> tuple[int, int] | None:
             reached = (start, 0)
             for failure, apply_failed, retried, followers in work:
+                status = session.lock_failure(failure.id)
+                if status is None or (status is FailureStatus.RETRYING) != apply_failed:
+                    # An operator acted since we looked (skip or resolve won the race):
+                    # do nothing now; the next round sees the new status.
+                    outcomes.append((failure, apply_failed, "changed", 0))
+                    continue
                 failed = self._retry_part(tx, failure, retried)
                 if failed is None:
                     self._release_part(tx, failure, apply_failed, followers)

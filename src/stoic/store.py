@@ -307,6 +307,9 @@ class StoreSession(Protocol):
         """Unblocks a failure after its event and parked followers were dealt with;
         sets status resolved with ``resolution`` if it was still open."""
 
+    def lock_failure(self, failure_id: int) -> FailureStatus | None:
+        """Locks a failure for this transaction and returns its status now."""
+
     def add_parked(self, counts: dict[int, int]) -> None:
         """Adds to the parked-event counters of blocking failures (by id)."""
 

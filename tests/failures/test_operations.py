@@ -289,13 +289,9 @@ def test_a_skip_racing_a_retry_leaves_a_truthful_record(store: stoic.Store, requ
     """An operator skips a failure while its holder is retrying it (the fix is out).
     Whoever wins, the record must tell the truth: resolved if the event was applied,
     skipped only if it was not. On SQLite the skip waits for the retry's write lock
-    and is then refused. On PostgreSQL the skip commits while the retry's transaction
-    runs, and the retry then applies the event anyway: the failure reads "skipped
-    (manual_skip)" although its event was applied (found by this suite; see the report)."""
-    if store.dialect == "postgresql":
-        request.applymarker(pytest.mark.xfail(
-            reason="a skip committed during a retry is overwritten by the retry's effects", strict=True,
-            raises=AssertionError))
+    and is then refused. On PostgreSQL the skip would commit while the retry's transaction
+    runs, unless the retry locks the failure row first, which it does: the skip
+    waits for the retry's transaction and is then refused."""
     in_retry, go = threading.Event(), threading.Event()
 
     def gated(event: stoic.RecordedEvent, tx: stoic.Transaction) -> None:

@@ -247,7 +247,7 @@ ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: failure_counts
 -- Failures by projection and status, with blocked streams and parked events.
-SELECT projection, status, count(*), count(*) FILTER (WHERE blocking),
+SELECT projection, status, count(*), count(*) FILTER (WHERE blocking AND policy = 'park'),
        coalesce(sum(parked) FILTER (WHERE blocking), 0),
        min(position) FILTER (WHERE blocking AND policy = 'halt')
 FROM stoic_failures GROUP BY projection, status;
@@ -295,3 +295,8 @@ SELECT now();
 -- The late-arrival self-check: events at or below the checkpoint minus events processed.
 SELECT (SELECT count(*) FROM stoic_events e WHERE e.position <= p.position) - p.events_processed
 FROM stoic_projections p WHERE p.name = %s;
+
+-- name: lock_failure
+-- Locks a failure for the transaction that retries or releases it, so that an
+-- operator's concurrent skip or resolve waits for it (and is then refused) or wins first.
+SELECT status FROM stoic_failures WHERE id = %s FOR UPDATE;

@@ -777,6 +777,10 @@ class PostgresSession:
             "id": failure_id, "parked": parked, "resolution": resolution.value if resolution else None,
         })
 
+    def lock_failure(self, failure_id: int) -> FailureStatus | None:
+        row = self.conn.execute(Q["lock_failure"], (failure_id,)).fetchone()
+        return None if row is None else FailureStatus(row[0])
+
     def add_parked(self, counts: dict[int, int]) -> None:
         for failure_id, n in counts.items():
             if n:

@@ -189,7 +189,8 @@ ORDER BY id DESC LIMIT :limit OFFSET :offset;
 
 -- name: failure_counts
 -- Failures by projection and status, with blocked streams and parked events.
-SELECT projection, status, count(*), sum(blocking), sum(CASE WHEN blocking = 1 THEN parked ELSE 0 END),
+SELECT projection, status, count(*), sum(CASE WHEN blocking = 1 AND policy = 'park' THEN 1 ELSE 0 END),
+       sum(CASE WHEN blocking = 1 THEN parked ELSE 0 END),
        min(CASE WHEN blocking = 1 AND policy = 'halt' THEN position END)
 FROM stoic_failures GROUP BY projection, status;
 
@@ -236,3 +237,7 @@ FROM stoic_projections p WHERE p.name = ?;
 -- Renews a worker's life by its own ttl when one of its batches commits.
 UPDATE stoic_workers SET expires_at = ?1 + (expires_at - heartbeat_at), heartbeat_at = ?1
 WHERE worker_id = ?2 AND expires_at > ?1;
+
+-- name: lock_failure
+-- A failure's current status, read inside the transaction that retries or releases it.
+SELECT status FROM stoic_failures WHERE id = ?;

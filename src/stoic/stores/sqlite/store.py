@@ -732,6 +732,10 @@ class SQLiteSession:
             "resolution": resolution.value if resolution else None,
         })
 
+    def lock_failure(self, failure_id: int) -> FailureStatus | None:
+        row = self.conn.execute(Q["lock_failure"], (failure_id,)).fetchone()
+        return None if row is None else FailureStatus(row[0])
+
     def add_parked(self, counts: dict[int, int]) -> None:
         now = time.time()
         self.conn.executemany(Q["add_parked"], [(n, now, fid) for fid, n in counts.items() if n])
