@@ -5,9 +5,11 @@ then times ``stoic.Runner(store, app).run_until_caught_up()``: the whole call,
 including worker registration, the lease and the projection's setup. The read
 model is checked against the fold of the events afterwards.
 
-``--baseline`` also times a plain driver loop over the same events (read 500
-events, decode the JSON, run the same SQL, move a checkpoint row, commit): the
-ceiling a framework on that driver can approach.
+``--baseline`` also times plain driver loops over the same events (read 500
+events, decode the JSON, run the same SQL, move a checkpoint row, commit; on
+PostgreSQL pipelined): one ``execute`` per event, and one ``executemany`` per
+run of events using the same statement. They are the ceilings a framework on
+that driver can approach with per-event handlers and with batched writes.
 
     python -m bench.catchup --backend both --accounts 10000 --repeat 2
 """
@@ -15,6 +17,7 @@ ceiling a framework on that driver can approach.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from typing import Any
@@ -62,14 +65,18 @@ def run_catchup(backend: str, accounts: int = ACCOUNTS, batch_size: int | None =
     }
 
 
-def run_baseline(backend: str, accounts: int = ACCOUNTS, batch_size: int = 500) -> dict[str, Any]:
-    """Times a plain driver loop doing the projection's work on the same events."""
+def run_baseline(
+    backend: str, accounts: int = ACCOUNTS, batch_size: int = 500, grouped: bool = False
+) -> dict[str, Any]:
+    """Times a plain driver loop doing the projection's work on the same events:
+    one ``execute`` per event, or (``grouped``) one ``executemany`` per run of
+    consecutive events that use the same statement (same order, same effect)."""
     with fresh_store(backend) as (_url, store):
         events = load(store, accounts)
         if backend == "sqlite":
-            seconds = _baseline_sqlite(store, batch_size)
+            seconds = _baseline_sqlite(store, batch_size, grouped)
         else:
-            seconds = _baseline_postgres(store, batch_size)
+            seconds = _baseline_postgres(store, batch_size, grouped)
         check_balances(store, accounts)
     return {"backend": backend, "events": events, "seconds": seconds, "events_per_s": events / seconds}
 
@@ -78,7 +85,23 @@ def run_baseline(backend: str, accounts: int = ACCOUNTS, batch_size: int = 500) 
 _READ = "SELECT position, stream_id, type, data FROM stoic_events WHERE position > %s ORDER BY position LIMIT %s"
 
 
-def _baseline_sqlite(store: Any, batch_size: int) -> float:
+def _statements(rows: list[Any], opened: str, deposited: str) -> list[tuple[str, tuple[Any, ...]]]:
+    return [
+        (opened, (stream_id,)) if type_ == "AccountOpened" else (deposited, (json.loads(data)["amount"], stream_id))
+        for _pos, stream_id, type_, data in rows
+    ]
+
+
+def _run(cursor: Any, statements: list[tuple[str, tuple[Any, ...]]], grouped: bool) -> None:
+    if not grouped:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        return
+    for sql, run in itertools.groupby(statements, key=lambda s: s[0]):
+        cursor.executemany(sql, [params for _sql, params in run])
+
+
+def _baseline_sqlite(store: Any, batch_size: int, grouped: bool) -> float:
     import sqlite3
 
     conn = sqlite3.connect(store.path, isolation_level=None)
@@ -87,7 +110,6 @@ def _baseline_sqlite(store: Any, batch_size: int) -> float:
     conn.execute(CREATE_SQL)
     conn.execute("CREATE TABLE bench_checkpoint (name TEXT PRIMARY KEY, position INTEGER NOT NULL)")
     conn.execute("INSERT INTO bench_checkpoint VALUES ('b', 0)")
-    opened, deposited = OPENED_SQL, DEPOSITED_SQL
     read = _READ.replace("%s", "?")
     started = time.perf_counter()
     position = 0
@@ -96,11 +118,7 @@ def _baseline_sqlite(store: Any, batch_size: int) -> float:
         if not rows:
             break
         conn.execute("BEGIN IMMEDIATE")
-        for _pos, stream_id, type_, data in rows:
-            if type_ == "AccountOpened":
-                conn.execute(opened, (stream_id,))
-            else:
-                conn.execute(deposited, (json.loads(data)["amount"], stream_id))
+        _run(conn, _statements(rows, OPENED_SQL, DEPOSITED_SQL), grouped)
         position = rows[-1][0]
         conn.execute("UPDATE bench_checkpoint SET position = ? WHERE name = 'b'", (position,))
         conn.execute("COMMIT")
@@ -109,7 +127,7 @@ def _baseline_sqlite(store: Any, batch_size: int) -> float:
     return seconds
 
 
-def _baseline_postgres(store: Any, batch_size: int) -> float:
+def _baseline_postgres(store: Any, batch_size: int, grouped: bool) -> float:
     import psycopg
 
     with psycopg.connect(store.conninfo, autocommit=True) as conn:
@@ -124,14 +142,11 @@ def _baseline_postgres(store: Any, batch_size: int) -> float:
             rows = conn.execute(read, (position, batch_size), prepare=True).fetchall()
             if not rows:
                 break
-            with conn.transaction(), conn.pipeline():
-                for _pos, stream_id, type_, data in rows:
-                    if type_ == "AccountOpened":
-                        conn.execute(opened, (stream_id,), prepare=True)
-                    else:
-                        conn.execute(deposited, (json.loads(data)["amount"], stream_id), prepare=True)
+            # Pipelined, one reused cursor; psycopg prepares a statement on its 5th use.
+            with conn.transaction(), conn.pipeline(), conn.cursor() as cursor:
+                _run(cursor, _statements(rows, opened, deposited), grouped)
                 position = rows[-1][0]
-                conn.execute("UPDATE bench_checkpoint SET position = %s WHERE name = 'b'", (position,))
+                cursor.execute("UPDATE bench_checkpoint SET position = %s WHERE name = 'b'", (position,))
         return time.perf_counter() - started
 
 
@@ -149,7 +164,8 @@ def bench(
     for backend in backend_names:
         cases = [("stoic Runner", lambda b=backend: run_catchup(b, accounts, batch_size))]
         if baseline:
-            cases.append(("plain driver loop", lambda b=backend: run_baseline(b, accounts)))
+            cases.append(("plain loop, execute", lambda b=backend: run_baseline(b, accounts)))
+            cases.append(("plain loop, executemany", lambda b=backend: run_baseline(b, accounts, grouped=True)))
         for label, run in cases:
             runs = measured(
                 run,

@@ -67,8 +67,10 @@ def main() -> None:
     logging.getLogger("stoic").addHandler(logging.NullHandler())
     logging.getLogger("stoic").propagate = False
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
-    print(f"catch-up with poison events: {args.accounts * EVENTS_PER_ACCOUNT:,} events, "
-          f"batch {args.batch_size}, best of {args.repeat}")
+    print(
+        f"catch-up with poison events: {args.accounts * EVENTS_PER_ACCOUNT:,} events, "
+        f"batch {args.batch_size}, best of {args.repeat}"
+    )
     for backend in backends:
         clean = None
         for rate in RATES:
@@ -77,8 +79,10 @@ def main() -> None:
                 speed, failures = run(backend, args.accounts, rate, args.batch_size)
                 best = max(best, speed)
             clean = clean or best
-            print(f"  {backend:8} poison {rate:6.1%}: {best:9,.0f} events/s "
-                  f"({best / clean:5.0%} of clean), {failures:,} failures recorded")
+            print(
+                f"  {backend:8} poison {rate:6.1%}: {best:9,.0f} events/s "
+                f"({best / clean:5.0%} of clean), {failures:,} failures recorded"
+            )
 
 
 if __name__ == "__main__":
