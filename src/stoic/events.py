@@ -195,10 +195,17 @@ def _encode_json(value: object, what: str, where: str) -> str:
     return text
 
 
+def _utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, without encoding it when it is ASCII."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _check_text(value: str, what: str, where: str) -> None:
     """Rejects strings no backend can store the same way: NUL, lone surrogates."""
     if "\x00" in value:
         raise InvalidEvent(f"{where}: {what} contains a NUL character, which cannot be stored", where=where)
+    if value.isascii():
+        return  # no surrogates possible: skip the encode on the hot path
     try:
         value.encode()
     except UnicodeEncodeError as exc:
@@ -253,7 +260,7 @@ def encode_events(
         at = f"{at} ({event.type})"
         data = _encode_json(event.data, "data", at)
         metadata = None if event.metadata is None else _encode_json(event.metadata, "metadata", at)
-        size = len(data.encode()) + (len(metadata.encode()) if metadata else 0)
+        size = _utf8_size(data) + (_utf8_size(metadata) if metadata else 0)
         if size > max_event_bytes:
             raise EventTooLarge(
                 f"{at}: encoded size {size} bytes is over the limit of {max_event_bytes} bytes",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -206,8 +206,3 @@ def describe(exc: BaseException) -> tuple[str, str]:
     cls = type(exc)
     name = cls.__qualname__ if cls.__module__ in ("builtins", None) else f"{cls.__module__}.{cls.__qualname__}"
     return name, str(exc)
-
-
-def transient_types(types: Iterable[type[BaseException]]) -> Classifier:
-    """Shorthand: a classifier that treats these exception types as transient."""
-    return Classifier(transient=tuple(types))

@@ -27,7 +27,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from stoic.errors import LeaseLost, StoreUnavailable, TransientError
@@ -606,10 +606,3 @@ class ProjectionRunner:
             session.add_parked({new_block: still_parked})
         resolution = Resolution.MANUAL_RETRY if failure.retry_requested else Resolution.AUTO_RETRY
         session.close_failure(failure.id, resolution if apply_failed else None, 0)
-
-
-def schedule_delay(next_retry_at: datetime | None) -> float:
-    """Seconds until a scheduled retry (0 when due or unscheduled)."""
-    if next_retry_at is None:
-        return 0.0
-    return max(0.0, (next_retry_at - _now()) / timedelta(seconds=1))

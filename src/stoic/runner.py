@@ -27,10 +27,9 @@ import uuid
 from collections.abc import Iterable
 
 from stoic.errors import CircuitOpen, ConfigurationError, LeaseLost, StoicError, TransientError
-from stoic.events import RecordedEvent
 from stoic.projection import App, Projection
 from stoic.projection_runner import ProjectionRunner
-from stoic.store import Store, Transaction
+from stoic.store import Store
 
 log = logging.getLogger("stoic.runner")
 
@@ -335,12 +334,3 @@ class Runner:
         finally:
             acquired.set()
             runner.release()
-
-
-def apply_events(projection: Projection, events: Iterable[RecordedEvent], tx: Transaction) -> None:
-    """Applies events to a projection through ``tx`` (no checkpoint): for tests and folds."""
-    handlers, catch_all = projection.handlers()
-    for event in events:
-        handler = handlers.get(event.type, catch_all)
-        if handler is not None:
-            handler(event, tx)

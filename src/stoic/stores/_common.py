@@ -9,10 +9,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Self
 
 from stoic.errors import (
     ConcurrencyError,
@@ -30,10 +30,13 @@ from stoic.events import (
     AppendResult,
     EncodedEvent,
     Expected,
+    NewEvent,
+    RecordedEvent,
     encode_events,
     validate_expected,
     validate_stream_id,
 )
+from stoic.store import AppendItem
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 
@@ -308,3 +311,65 @@ def _positive_int(name: str, value: object) -> int:
     if number < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
     return number
+
+
+class StoreBase:
+    """What both stores do the same way on top of their own ``_append``,
+    ``_read`` and queries ``Q``: the public append and read calls and the
+    in-process announcement of new events."""
+
+    Q: dict[str, str]
+    max_event_bytes: int
+    _head_cond: threading.Condition
+    _known_head: int
+
+    def _append(self, prepared: list[PreparedAppend]) -> list[AppendResult]:
+        raise NotImplementedError
+
+    def _read(self, query: str, params: Any = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
+    ) -> AppendResult:
+        """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
+        validate_stream_id(stream_id)
+        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
+
+    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
+        """Appends to several streams in one transaction: all or nothing."""
+        return self._append(prepare_append(items, self.max_event_bytes))
+
+    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
+        """Iterates over every committed event after a position."""
+        while True:
+            batch = self.read_all(after, batch_size)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].position
+
+    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
+        """Returns committed events after a global position, in global order."""
+        check_read_args(after, limit)
+        return [RecordedEvent(*row) for row in self._read(self.Q["read_all"], (after, limit))]
+
+    def head(self) -> int:
+        """Returns the last committed global position."""
+        return int(self._read(self.Q["head"])[0][0])
+
+    def stream_version(self, stream_id: str) -> int:
+        """Returns a stream's current version (0 when it does not exist)."""
+        return int(self._read(self.Q["stream_version"], (stream_id,))[0][0])
+
+    def _announce(self, head: int) -> None:
+        with self._head_cond:
+            if head > self._known_head:
+                self._known_head = head
+            self._head_cond.notify_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -43,16 +43,12 @@ from stoic.errors import (
     StoreUnavailable,
 )
 from stoic.events import (
-    ANY,
     MAX_EVENT_BYTES,
     AppendResult,
-    Expected,
-    NewEvent,
     RecordedEvent,
     validate_stream_id,
 )
 from stoic.store import (
-    AppendItem,
     AuditEntry,
     AuditRecord,
     BatchApply,
@@ -71,6 +67,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    StoreBase,
     Watchdog,
     _positive_int,
     check_read_args,
@@ -78,7 +75,6 @@ from stoic.stores._common import (
     first_mismatch,
     load_migrations,
     load_queries,
-    prepare_append,
     split_statements,
     stored_results,
 )
@@ -238,7 +234,7 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """The event store on a PostgreSQL database.
 
     Parameters
@@ -249,6 +245,7 @@ class PostgresStore:
         the others go to the driver.
     """
 
+    Q = Q
     dialect = "postgresql"
 
     def __init__(
@@ -347,17 +344,6 @@ class PostgresStore:
 
     # -- appending ----------------------------------------------------------------
 
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
-    ) -> AppendResult:
-        """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
-        validate_stream_id(stream_id)
-        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
-
-    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
-        """Appends to several streams in one transaction: all or nothing."""
-        return self._append(prepare_append(items, self.max_event_bytes))
-
     def _append(self, prepared: list[PreparedAppend]) -> list[AppendResult]:
         streams = json.dumps([[item.stream_id, expected_as_int(item.expected)] for item in prepared])
         parts = []
@@ -419,20 +405,6 @@ class PostgresStore:
 
     # -- reading ------------------------------------------------------------------
 
-    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
-        """Returns committed events after a global position, in global order."""
-        check_read_args(after, limit)
-        return [RecordedEvent(*row) for row in self._read(Q["read_all"], (after, limit))]
-
-    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
-        """Iterates over every committed event after a position."""
-        while True:
-            batch = self.read_all(after, batch_size)
-            yield from batch
-            if len(batch) < batch_size:
-                return
-            after = batch[-1].position
-
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
@@ -441,14 +413,6 @@ class PostgresStore:
         check_read_args(from_version, limit if limit is not None else 1)
         rows = self._read(Q["read_stream"], (stream_id, from_version, limit))
         return [RecordedEvent(*row) for row in rows]
-
-    def head(self) -> int:
-        """Returns the last committed global position."""
-        return int(self._read(Q["head"])[0][0])
-
-    def stream_version(self, stream_id: str) -> int:
-        """Returns a stream's current version (0 when it does not exist)."""
-        return int(self._read(Q["stream_version"], (stream_id,))[0][0])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Runs one statement (``?`` placeholders) and returns its rows."""
@@ -460,12 +424,6 @@ class PostgresStore:
             return cur.fetchall() if cur.description else []
 
     # -- waiting for appends: LISTEN/NOTIFY with a polling fallback ------------------
-
-    def _announce(self, head: int) -> None:
-        with self._head_cond:
-            if head > self._known_head:
-                self._known_head = head
-            self._head_cond.notify_all()
 
     def wait_for_append(self, after: int, timeout: float) -> bool:
         """Blocks until a NOTIFY says the head is past ``after``. While the
@@ -644,12 +602,6 @@ class PostgresStore:
         self._pool.close()
         if self._listener is not None:
             self._listener.join(timeout=3)
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"PostgresStore(schema={self.schema!r})"

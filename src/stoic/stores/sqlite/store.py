@@ -34,16 +34,12 @@ from stoic.errors import (
     StoreUnavailable,
 )
 from stoic.events import (
-    ANY,
     MAX_EVENT_BYTES,
     AppendResult,
-    Expected,
-    NewEvent,
     RecordedEvent,
     validate_stream_id,
 )
 from stoic.store import (
-    AppendItem,
     AuditEntry,
     AuditRecord,
     BatchApply,
@@ -62,6 +58,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    StoreBase,
     Watchdog,
     _positive_int,
     check_read_args,
@@ -69,7 +66,6 @@ from stoic.stores._common import (
     has_client_ids,
     load_migrations,
     load_queries,
-    prepare_append,
     split_statements,
     stored_results,
     version_matches,
@@ -161,7 +157,7 @@ def failure_from_row(row: Sequence[Any]) -> FailureRecord:
     return FailureRecord(*values)
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """The event store on one SQLite file (or in memory).
 
     Parameters
@@ -175,6 +171,7 @@ class SQLiteStore:
         corrupted). See docs/guarantees.md.
     """
 
+    Q = Q
     dialect = "sqlite"
 
     def __init__(
@@ -312,17 +309,6 @@ class SQLiteStore:
 
     # -- appending ----------------------------------------------------------------
 
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: Expected = ANY
-    ) -> AppendResult:
-        """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
-        validate_stream_id(stream_id)
-        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
-
-    def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
-        """Appends to several streams in one transaction: all or nothing."""
-        return self._append(prepare_append(items, self.max_event_bytes))
-
     def _append(self, prepared: list[PreparedAppend]) -> list[AppendResult]:
         conn = self._conn()
         mismatch = None
@@ -368,20 +354,6 @@ class SQLiteStore:
 
     # -- reading ------------------------------------------------------------------
 
-    def read_all(self, after: int = 0, limit: int = 500) -> list[RecordedEvent]:
-        """Returns committed events after a global position, in global order."""
-        check_read_args(after, limit)
-        return [RecordedEvent(*row) for row in self._read(Q["read_all"], (after, limit))]
-
-    def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
-        """Iterates over every committed event after a position."""
-        while True:
-            batch = self.read_all(after, batch_size)
-            yield from batch
-            if len(batch) < batch_size:
-                return
-            after = batch[-1].position
-
     def read_stream(
         self, stream_id: str, from_version: int = 1, limit: int | None = None
     ) -> list[RecordedEvent]:
@@ -390,14 +362,6 @@ class SQLiteStore:
         check_read_args(from_version, limit if limit is not None else 1)
         rows = self._read(Q["read_stream"], (stream_id, from_version, -1 if limit is None else limit))
         return [RecordedEvent(*row) for row in rows]
-
-    def head(self) -> int:
-        """Returns the last committed global position."""
-        return int(self._read(Q["head"])[0][0])
-
-    def stream_version(self, stream_id: str) -> int:
-        """Returns a stream's current version (0 when it does not exist)."""
-        return int(self._read(Q["stream_version"], (stream_id,))[0][0])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Runs one statement (``?`` placeholders) and returns its rows."""
@@ -409,12 +373,6 @@ class SQLiteStore:
             return rows
 
     # -- waiting for appends ----------------------------------------------------
-
-    def _announce(self, head: int) -> None:
-        with self._head_cond:
-            if head > self._known_head:
-                self._known_head = head
-            self._head_cond.notify_all()
 
     def wait_for_append(self, after: int, timeout: float) -> bool:
         """Blocks until the head may be past ``after``: at once for appends in this
@@ -613,12 +571,6 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
-
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.url!r})"
