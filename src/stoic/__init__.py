@@ -5,6 +5,7 @@ moves in the same transaction as their read model, on SQLite (embedded) or
 PostgreSQL (several workers on several machines).
 """
 
+from stoic.aggregate import Aggregate, Repository, applies, command
 from stoic.errors import (
     ActionRefused,
     CircuitOpen,
@@ -15,6 +16,7 @@ from stoic.errors import (
     FailureNotFound,
     InvalidArgument,
     InvalidEvent,
+    InvariantViolation,
     LeaseLost,
     LockNotAvailable,
     OperationTimeout,
@@ -39,6 +41,7 @@ __all__ = [
     "ANY",
     "NO_STREAM",
     "ActionRefused",
+    "Aggregate",
     "App",
     "AppendResult",
     "BreakerPolicy",
@@ -51,6 +54,7 @@ __all__ = [
     "FailureNotFound",
     "InvalidArgument",
     "InvalidEvent",
+    "InvariantViolation",
     "Kind",
     "LeaseLost",
     "LockNotAvailable",
@@ -61,6 +65,7 @@ __all__ = [
     "PermanentError",
     "Projection",
     "RecordedEvent",
+    "Repository",
     "RetryPolicy",
     "RetrySchedule",
     "Runner",
@@ -72,6 +77,8 @@ __all__ = [
     "TransientError",
     "UnknownProjection",
     "__version__",
+    "applies",
+    "command",
     "connect",
     "handles",
     "handles_all",

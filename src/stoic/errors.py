@@ -21,6 +21,7 @@ facts of an error are attributes, not only text.
         ├── InvalidEvent               an event fails validation
         │   └── EventTooLarge          an event is over the size limit
         ├── ConcurrencyError           expected version does not match
+        ├── InvariantViolation         an aggregate's command breaks one of its rules
         ├── DuplicateEventId           an event id is stored for another event
         ├── UnknownProjection          no projection has that name
         ├── FailureNotFound            no failure has that id
@@ -110,6 +111,19 @@ class ConcurrencyError(PermanentError):
     def __reduce__(self) -> tuple[object, ...]:
         # Rebuilt from its facts: the default (cls, (message,)) does not fit __init__.
         return (type(self), (self.stream_id, self.expected, self.actual))
+
+
+class InvariantViolation(PermanentError):
+    """A command would break one of its aggregate's rules; nothing was changed or written.
+
+    Attributes: ``aggregate`` (the class name), ``stream_id``, ``rule`` (a
+    stable name such as ``"min_balance"``) and ``detail`` (the sentence).
+    """
+
+    aggregate: str
+    stream_id: str
+    rule: str
+    detail: str
 
 
 class DuplicateEventId(PermanentError):

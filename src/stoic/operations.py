@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from stoic.errors import ActionRefused, FailureNotFound, InvalidArgument, UnknownProjection
 from stoic.health import Cause, ProjectionHealth, Status, Thresholds, assess
@@ -23,8 +26,13 @@ from stoic.store import (
     FailureRecord,
     FailureStatus,
     Resolution,
+    ProjectionDetails,
     Store,
+    WorkerInfo,
 )
+
+if TYPE_CHECKING:
+    from stoic.projection import App
 
 MAX_REASON_CHARS = 2000  #: longest reason an operator may give
 
@@ -46,6 +54,44 @@ def _actor(actor: str) -> str:
     return actor.strip()[:200]
 
 
+@dataclass(frozen=True, slots=True)
+class RewindRequest:
+    """A reset or replay an operator asked for; the projection's holder carries it out."""
+
+    projection: str
+    action: str  #: ``reset`` or ``replay``
+    position: int  #: where the checkpoint goes back to
+    seq: int  #: the request's number (a newer request replaces an older pending one)
+    head: int  #: the store's head when asked: the work to redo is ``head - position`` events
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a projection stands, and any pending operator request."""
+
+    projection: str
+    position: int
+    head: int
+    events_processed: int
+    updated_at: datetime | None
+    holder: str | None
+    holder_alive: bool
+    epoch: int
+    request: str | None
+    request_position: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemStatus:
+    """The whole system at a glance: what ``GET /admin/status`` and ``stoic status`` show."""
+
+    head: int
+    at: datetime
+    projections: list[ProjectionHealth]
+    failures: dict[str, int]  #: failures by status, all projections together
+    workers: list[WorkerInfo]
+
+
 class Operations:
     """Lists failures and changes them, pauses and resumes projections.
 
@@ -59,9 +105,16 @@ class Operations:
     """
 
     def __init__(
-        self, store: Store, projections: Iterable[str] | None = None, thresholds: Thresholds | None = None
+        self,
+        store: Store,
+        projections: Iterable[str] | None = None,
+        thresholds: Thresholds | None = None,
+        app: App | None = None,
     ) -> None:
         self.store = store
+        self.app = app
+        if projections is None and app is not None:
+            projections = [p.name for p in app.projections]
         self._known = set(projections) if projections is not None else None
         self.thresholds = thresholds or Thresholds()
         self._samples: dict[str, tuple[float, int, float | None]] = {}
@@ -117,6 +170,29 @@ class Operations:
             raise UnknownProjection(
                 f"no projection named {name!r} (known: {', '.join(sorted(known)) or 'none'})", name=name)
         return name
+
+    def status(self) -> SystemStatus:
+        """Returns projections' health, failures by status, workers and the head."""
+        health = self.health()
+        totals: dict[str, int] = {}
+        for count in self.store.failure_counts():
+            totals[count.status.value] = totals.get(count.status.value, 0) + count.count
+        return SystemStatus(head=max((h.head for h in health), default=self.store.head()), at=self.store.now(),
+                            projections=health, failures=totals, workers=self.store.workers())
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """Returns a projection's checkpoint; raises UnknownProjection."""
+        self._check_projection(name)
+        head = self.store.head()
+        details = self._details(name)
+        if details is None:
+            return Checkpoint(name, 0, head, 0, None, None, False, 0, None, None)
+        return Checkpoint(name, details.position, head, details.events_processed, details.updated_at,
+                          details.holder, details.holder_alive, details.epoch, details.request,
+                          details.request_position)
+
+    def _details(self, name: str) -> ProjectionDetails | None:
+        return next((d for d in self.store.projection_details() if d.name == name), None)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -234,6 +310,72 @@ class Operations:
             _actor(actor), action, f"projection:{projection}", reason, "ok" if ok else "refused"))
         if not ok:
             raise UnknownProjection(f"projection {projection!r} has never run", name=projection)
+
+
+    # -- rewinding: reset and replay -------------------------------------------------------
+
+    def reset(self, projection: str, actor: str, reason: str) -> RewindRequest:
+        """Asks the holder to clear the read model (``reset()`` then ``setup()``) and
+        rebuild it from position 0, in one transaction with the checkpoint move.
+        Open failures are closed as ``reset``: their events are processed again."""
+        why = _reason(reason, True, "reset")
+        who = _actor(actor)
+        details = self._rewindable(projection, "reset", who, why)
+        if not self._declares(projection, details, "resettable"):
+            self._refuse("reset", projection, who, why, (
+                f"cannot reset {projection!r}: the projection does not implement reset(tx), so its "
+                "read model cannot be cleared; implement reset() (and setup()) first"))
+        return self._request_rewind(projection, "reset", 0, who, why)
+
+    def replay(self, projection: str, from_position: int, actor: str, reason: str) -> RewindRequest:
+        """Asks the holder to move the checkpoint back to ``from_position`` and apply
+        the events after it again — only for projections declared idempotent."""
+        why = _reason(reason, True, "replay")
+        who = _actor(actor)
+        if isinstance(from_position, bool) or not isinstance(from_position, int) or from_position < 0:
+            raise InvalidArgument(f"replay: from_position must be an integer >= 0, got {from_position!r}")
+        details = self._rewindable(projection, "replay", who, why)
+        if not self._declares(projection, details, "idempotent"):
+            self._refuse("replay", projection, who, why, (
+                f"cannot replay {projection!r}: it is not declared idempotent (idempotent = True), so "
+                "applying its events twice could double-count; use reset to rebuild it from 0"))
+        assert details is not None
+        if from_position > details.position:
+            raise InvalidArgument(
+                f"replay: from_position {from_position} is past the checkpoint {details.position}; "
+                "replay only goes back")
+        return self._request_rewind(projection, "replay", from_position, who, why)
+
+    def _rewindable(self, projection: str, action: str, actor: str, reason: str | None) -> ProjectionDetails:
+        self._check_projection(projection)
+        details = self._details(projection)
+        if details is None:
+            self._refuse(action, projection, actor, reason,
+                         f"cannot {action} {projection!r}: no worker has run it yet, there is nothing to {action}")
+        assert details is not None
+        return details
+
+    def _declares(self, projection: str, details: ProjectionDetails | None, flag: str) -> bool:
+        """What the projection declares: the app's code when known, else what its worker stored."""
+        if self.app is not None:
+            code = self.app.projection(projection)
+            return bool(code.resettable if flag == "resettable" else code.idempotent)
+        return bool(details is not None and getattr(details, flag))
+
+    def _refuse(self, action: str, projection: str, actor: str, reason: str | None, message: str) -> None:
+        self.store.record_audit(AuditRecord(actor, action, f"projection:{projection}", reason, "refused"))
+        raise ActionRefused(message, projection=projection, action=action)
+
+    def _request_rewind(self, projection: str, action: str, position: int, actor: str,
+                        reason: str | None) -> RewindRequest:
+        head = self.store.head()
+        seq = self.store.request_rewind(projection, action, position, actor, reason)
+        if seq is None:
+            raise UnknownProjection(f"projection {projection!r} has never run", name=projection)
+        self.store.record_audit(AuditRecord(
+            actor, action, f"projection:{projection}", reason, "requested",
+            {"position": position, "head": head, "seq": seq}))
+        return RewindRequest(projection, action, position, seq, head)
 
 
 def _status(status: FailureStatus | str | None) -> FailureStatus | None:

@@ -72,6 +72,10 @@ class Projection:
     - ``breaker_policy``: the breaker's cool-down before a half-open probe;
     - ``batch_timeout``: seconds a batch may take before it is cancelled;
     - ``classifier``: extra transient/permanent rules for this projection.
+
+    ``idempotent = True`` declares that applying an event twice gives the same
+    read model, which allows an operator to replay from an earlier position.
+    Implementing ``reset(tx)`` allows an operator to reset (rebuild from 0).
     """
 
     name: ClassVar[str]
@@ -82,6 +86,7 @@ class Projection:
     breaker_policy: ClassVar[BreakerPolicy] = BreakerPolicy()
     batch_timeout: ClassVar[float] = 60.0
     classifier: ClassVar[Classifier | None] = None
+    idempotent: ClassVar[bool] = False
     _handler_names: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -104,7 +109,14 @@ class Projection:
         """Creates the read model's tables; must be idempotent (runs at every start)."""
 
     def reset(self, tx: Transaction) -> None:
-        """Clears the read model, for a rebuild from position 0."""
+        """Clears the read model, for a rebuild from position 0 (``setup`` runs
+        right after, in the same transaction). Until a subclass implements it,
+        operators cannot reset the projection."""
+
+    @property
+    def resettable(self) -> bool:
+        """True when this projection implements :meth:`reset`."""
+        return type(self).reset is not Projection.reset
 
     def handlers(self) -> tuple[dict[str, Handler], Handler | None]:
         """Returns the bound handler of each event type, and the catch-all (or None)."""

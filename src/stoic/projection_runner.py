@@ -33,12 +33,14 @@ from typing import Any
 from stoic.errors import LeaseLost, StoreUnavailable, TransientError
 from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
+from stoic.metrics import BATCH_EVENTS, BATCH_SECONDS, RETRIES
 from stoic.projection import Projection
 from stoic.store import (
     FailureRecord,
     FailureStatus,
     Lease,
     NewFailure,
+    ProjectionControl,
     Resolution,
     Store,
     StoreSession,
@@ -164,7 +166,8 @@ class ProjectionRunner:
         """Opens a session, takes the lease, runs ``setup`` and loads the failure
         state; False if another live worker holds the projection."""
         session = self._session()
-        session.ensure_projection(self.name)
+        session.ensure_projection(
+            self.name, idempotent=bool(self.projection.idempotent), resettable=self.projection.resettable)
         lease = session.claim(self.name, self.worker_id)
         if lease is None:
             return False
@@ -246,7 +249,10 @@ class ProjectionRunner:
         now = time.monotonic()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL_S
-            self._paused = self._session().paused(self.name)
+            control = self._session().control(self.name)
+            self._paused = control.paused
+            if control.request is not None and not self._paused:
+                self._rewind(control)
             if not self._paused and self._breaker_state != "open":
                 self._maintain()
             if now >= self._next_verify:
@@ -280,6 +286,7 @@ class ProjectionRunner:
 
     def _on_transient(self, exc: BaseException) -> StepResult:
         self._transient_streak += 1
+        RETRIES.labels(self.name, "transient").inc()
         error_class, message = describe(exc)
         if self._breaker_state == "half_open" or self._transient_streak >= self.policy.retry.max_attempts:
             reason = f"{self._transient_streak} transient errors in a row; last: {error_class}: {message}"
@@ -304,6 +311,14 @@ class ProjectionRunner:
     # -- batches ---------------------------------------------------------------------------
 
     def _run_batch(self) -> StepResult:
+        started = time.perf_counter()
+        result = self._run_batch_timed()
+        if result.events:
+            BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            BATCH_EVENTS.labels(self.name).inc(result.events)
+        return result
+
+    def _run_batch_timed(self) -> StepResult:
         session = self._session()
         events = session.read_all(self.position, self.batch_size)
         if not events:
@@ -473,6 +488,28 @@ class ProjectionRunner:
             "failure_id": failure_id})
         return failure_id
 
+    def _rewind(self, control: ProjectionControl) -> None:
+        """Carries out an operator's reset (clear the read model, back to 0) or
+        replay (back to an earlier position) in one fenced transaction with the
+        checkpoint move, so a crash leaves either the old state or the new one."""
+        reset = control.request == "reset"
+        target = 0 if reset else min(control.request_position or 0, self.position)
+        session = self._session()
+
+        def apply(tx: Transaction) -> None:
+            if reset:
+                self.projection.reset(tx)
+                self.projection.setup(tx)
+            session.finish_request(self.name, control.request_seq, target, reset)
+
+        self.position = session.apply_batch(
+            self._lease(), self.position, target, 0, apply, pipeline=False, timeout=None)
+        self._suspect = 0
+        self._breaker_state, self._transient_streak = "closed", 0
+        self._load_failures()
+        log.warning("projection %s to position %d", "reset" if reset else "replayed", target, extra={
+            "action": control.request, "projection": self.name, "position": target})
+
     def _lease(self) -> Lease:
         if self.lease is None:
             raise LeaseLost(f"projection {self.name!r} is not held by this runner")
@@ -548,6 +585,8 @@ class ProjectionRunner:
 
         self._commit(start, start, 0, apply)
         for failure, apply_failed, failed, followers in outcomes:
+            if apply_failed and failed != "changed":
+                RETRIES.labels(self.name, "failure").inc()
             if failed is not None:
                 log.warning("retry failed", extra={
                     "action": "retry_failed", "projection": self.name, "failure_id": failure.id,

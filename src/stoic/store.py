@@ -116,6 +116,8 @@ class Resolution(str, Enum):
     MANUAL_SKIP = "manual_skip"  #: a person skipped the event
     MANUAL_RESOLVE = "manual_resolve"  #: a person marked it resolved (fixed by hand)
     POLICY_SKIP = "policy_skip"  #: the projection's on_error="skip" policy skipped it
+    RESET = "reset"  #: an operator reset the projection; its event is processed again
+    REPLAY = "replay"  #: an operator replayed from before the event; it is processed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,23 @@ class ProjectionDetails:
     paused_reason: str | None
     verified_at: datetime | None
     verified_missing: int
+    request: str | None = None  #: a pending operator request: ``reset`` or ``replay``
+    request_position: int | None = None
+    requested_at: datetime | None = None
+    requested_by: str | None = None
+    request_reason: str | None = None
+    idempotent: bool = False  #: declared safe to apply an event twice (replay allowed)
+    resettable: bool = False  #: implements ``reset()`` (reset allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionControl:
+    """What operators asked of a projection, read by its holder at every maintenance."""
+
+    paused: bool
+    request: str | None = None  #: ``reset`` or ``replay``, carried out by the holder
+    request_position: int | None = None  #: where the checkpoint goes back to
+    request_seq: int = 0  #: identifies the request, so a newer one is never cleared by mistake
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +275,7 @@ class AuditRecord:
 class StoreSession(Protocol):
     """One connection, owned by one projection runner (one thread)."""
 
-    def ensure_projection(self, name: str) -> None:
+    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
         """Creates the projection's checkpoint row at position 0 if it is missing."""
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
@@ -333,8 +352,12 @@ class StoreSession(Protocol):
     def set_breaker(self, name: str, state: str, failures: int, reason: str | None) -> None:
         """Stores the projection's circuit breaker (opened_at set when it opens)."""
 
-    def paused(self, name: str) -> bool:
-        """True when an operator paused the projection."""
+    def control(self, name: str) -> ProjectionControl:
+        """Returns the pause flag and any pending reset/replay request."""
+
+    def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
+        """Inside a rewind's transaction: clears request ``seq`` and unblocks the
+        failures after ``position`` (their events are processed again)."""
 
     def check_late_arrivals(self, name: str) -> int:
         """The late-arrival self-check: counts committed events at or below the
@@ -430,6 +453,12 @@ class Store(Protocol):
     def set_paused(self, name: str, paused: bool, actor: str | None, reason: str | None) -> bool:
         """Pauses or resumes a projection; False if it is unknown."""
 
+    def request_rewind(
+        self, name: str, request: str, position: int, actor: str, reason: str | None
+    ) -> int | None:
+        """Records a reset or replay for the holder to carry out; returns the
+        request's sequence number, None if the projection is unknown."""
+
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
 
@@ -444,6 +473,13 @@ class Store(Protocol):
 
     def now(self) -> datetime:
         """The store's clock (the database server's, on PostgreSQL)."""
+
+    def schema_version(self) -> int:
+        """The schema version the database is at (read from the database)."""
+
+    @property
+    def expected_schema_version(self) -> int:
+        """The schema version this version of Stoic migrates to."""
 
     def close(self) -> None: ...
 

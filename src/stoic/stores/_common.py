@@ -36,6 +36,7 @@ from stoic.events import (
     validate_expected,
     validate_stream_id,
 )
+from stoic.metrics import APPENDED_EVENTS, APPENDS
 from stoic.store import AppendItem
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
@@ -334,11 +335,18 @@ class StoreBase:
     ) -> AppendResult:
         """Appends events to one stream; see :meth:`stoic.store.Store.append`."""
         validate_stream_id(stream_id)
-        return self._append(prepare_append([(stream_id, events, expected_version)], self.max_event_bytes))[0]
+        return self._counted(self._append(prepare_append([(stream_id, events, expected_version)],
+                                                         self.max_event_bytes)))[0]
 
     def append_many(self, items: Sequence[AppendItem]) -> list[AppendResult]:
         """Appends to several streams in one transaction: all or nothing."""
-        return self._append(prepare_append(items, self.max_event_bytes))
+        return self._counted(self._append(prepare_append(items, self.max_event_bytes)))
+
+    @staticmethod
+    def _counted(results: list[AppendResult]) -> list[AppendResult]:
+        APPENDS.inc()
+        APPENDED_EVENTS.inc(sum(len(r.positions) for r in results))
+        return results
 
     def iter_all(self, after: int = 0, batch_size: int = 1000) -> Iterator[RecordedEvent]:
         """Iterates over every committed event after a position."""

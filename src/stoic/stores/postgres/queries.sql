@@ -62,8 +62,10 @@ FROM stoic_events WHERE stream_id = %s AND version >= %s ORDER BY version LIMIT 
 SELECT event_id::text, stream_id, version, position FROM stoic_events WHERE event_id = ANY(%s::uuid[]);
 
 -- name: ensure_projection
--- Creates a projection's row at position 0 if it is missing.
-INSERT INTO stoic_projections (name) VALUES (%s) ON CONFLICT (name) DO NOTHING;
+-- Creates a projection's row at position 0 if it is missing; records what it declares.
+INSERT INTO stoic_projections AS p (name, idempotent, resettable) VALUES (%s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET idempotent = excluded.idempotent, resettable = excluded.resettable
+WHERE p.idempotent <> excluded.idempotent OR p.resettable <> excluded.resettable;
 
 -- name: setup_lock
 -- Lets one process at a time run a projection's setup (CREATE TABLE IF NOT EXISTS races).
@@ -207,9 +209,30 @@ UPDATE stoic_projections SET breaker_state = %(state)s, breaker_failures = %(fai
                              WHEN %(state)s = 'closed' THEN NULL ELSE breaker_opened_at END
 WHERE name = %(name)s;
 
--- name: paused
--- Whether an operator paused a projection.
-SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = %s;
+-- name: control
+-- What an operator asked of a projection: paused, and a pending reset or replay.
+SELECT paused_at IS NOT NULL, request, request_position, request_seq FROM stoic_projections WHERE name = %s;
+
+-- name: request_rewind
+-- Records an operator's reset or replay request for the holder to carry out.
+UPDATE stoic_projections SET request = %(request)s, request_position = %(position)s,
+    request_seq = request_seq + 1, requested_at = now(), requested_by = %(actor)s, request_reason = %(reason)s
+WHERE name = %(name)s
+RETURNING request_seq;
+
+-- name: finish_request
+-- Clears a carried-out request; a reset also restarts the count and closes the breaker.
+UPDATE stoic_projections SET request = NULL, request_position = NULL,
+    events_processed = CASE WHEN %(reset)s THEN 0 ELSE events_processed END,
+    breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL
+WHERE name = %(name)s AND request_seq = %(seq)s;
+
+-- name: close_rewound_failures
+-- Unblocks the failures a rewind goes back over: their events are processed again.
+UPDATE stoic_failures SET blocking = false, next_retry_at = NULL, retry_requested = false, updated_at = now(),
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN %(resolution)s ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END
+WHERE projection = %(name)s AND blocking AND position > %(position)s;
 
 -- name: statement_timeout
 -- Bounds every statement of the batch transaction.
@@ -283,7 +306,8 @@ UPDATE stoic_projections SET verified_at = now(), verified_missing = %s WHERE na
 SELECT p.name, p.position, p.events_processed, p.holder, coalesce(w.expires_at > now(), false),
        p.epoch, p.updated_at, p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures,
        p.breaker_opened_at, p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason,
-       p.verified_at, p.verified_missing
+       p.verified_at, p.verified_missing, p.request, p.request_position, p.requested_at, p.requested_by,
+       p.request_reason, p.idempotent, p.resettable
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 

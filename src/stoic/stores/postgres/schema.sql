@@ -41,7 +41,15 @@ CREATE TABLE stoic_projections (
     paused_by         TEXT,
     paused_reason     TEXT,
     verified_at       TIMESTAMPTZ,
-    verified_missing  BIGINT      NOT NULL DEFAULT 0
+    verified_missing  BIGINT      NOT NULL DEFAULT 0,
+    request           TEXT,
+    request_position  BIGINT,
+    request_seq       BIGINT      NOT NULL DEFAULT 0,
+    requested_at      TIMESTAMPTZ,
+    requested_by      TEXT,
+    request_reason    TEXT,
+    idempotent        BOOLEAN     NOT NULL DEFAULT false,
+    resettable        BOOLEAN     NOT NULL DEFAULT false
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future

@@ -59,6 +59,7 @@ from stoic.store import (
     FailureStatus,
     Lease,
     NewFailure,
+    ProjectionControl,
     ProjectionDetails,
     ProjectionState,
     Resolution,
@@ -246,6 +247,7 @@ class PostgresStore(StoreBase):
     """
 
     Q = Q
+    expected_schema_version = len(MIGRATIONS)  #: the schema this version of Stoic migrates to
     dialect = "postgresql"
 
     def __init__(
@@ -573,6 +575,16 @@ class PostgresStore(StoreBase):
         return self._write(Q["set_paused"], (
             paused, actor if paused else None, reason if paused else None, name)) == 1
 
+    def request_rewind(
+        self, name: str, request: str, position: int, actor: str, reason: str | None
+    ) -> int | None:
+        """Records a reset or replay for the holder to carry out; None if unknown."""
+        with self._connection() as conn:
+            row = conn.execute(Q["request_rewind"], {
+                "request": request, "position": position, "actor": actor, "reason": reason, "name": name,
+            }).fetchone()
+        return None if row is None else int(row[0])
+
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
         return [ProjectionDetails(*row) for row in self._read(Q["projection_details"])]
@@ -614,9 +626,9 @@ class PostgresSession:
         self.store = store
         self.conn = store.connect(autocommit=True)
 
-    def ensure_projection(self, name: str) -> None:
+    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
         with translate_errors():
-            self.conn.execute(Q["ensure_projection"], (name,))
+            self.conn.execute(Q["ensure_projection"], (name, idempotent, resettable))
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
         with translate_errors(), self.conn.transaction():
@@ -768,9 +780,18 @@ class PostgresSession:
             self.conn.execute(Q["set_breaker"], {
                 "state": state, "failures": failures, "reason": reason, "name": name})
 
-    def paused(self, name: str) -> bool:
-        rows = self._fetch(Q["paused"], (name,))
-        return bool(rows and rows[0][0])
+    def control(self, name: str) -> ProjectionControl:
+        rows = self._fetch(Q["control"], (name,))
+        if not rows:
+            return ProjectionControl(paused=False)
+        paused, request, position, seq = rows[0]
+        return ProjectionControl(bool(paused), request, position, int(seq))
+
+    def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
+        resolution = (Resolution.RESET if reset else Resolution.REPLAY).value
+        self.conn.execute(Q["finish_request"], {"reset": reset, "name": name, "seq": seq})
+        self.conn.execute(Q["close_rewound_failures"], {
+            "resolution": resolution, "name": name, "position": position})
 
     def check_late_arrivals(self, name: str) -> int:
         rows = self._fetch(Q["check_late_arrivals"], (name,))

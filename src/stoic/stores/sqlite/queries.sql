@@ -24,8 +24,10 @@ SELECT position, stream_id, version, type, event_id, data, metadata, recorded_at
 FROM stoic_events WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?;
 
 -- name: ensure_projection
--- Creates a projection's row at position 0 if it is missing.
-INSERT INTO stoic_projections (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING;
+-- Creates a projection's row at position 0 if it is missing; records what it declares.
+INSERT INTO stoic_projections (name, created_at, idempotent, resettable) VALUES (?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET idempotent = excluded.idempotent, resettable = excluded.resettable
+WHERE idempotent <> excluded.idempotent OR resettable <> excluded.resettable;
 
 -- name: claim_projection
 -- Takes a projection that nobody live holds, bumping the fencing epoch.
@@ -165,9 +167,30 @@ UPDATE stoic_projections SET breaker_state = :state, breaker_failures = :failure
                              WHEN :state = 'closed' THEN NULL ELSE breaker_opened_at END
 WHERE name = :name;
 
--- name: paused
--- Whether an operator paused a projection.
-SELECT paused_at IS NOT NULL FROM stoic_projections WHERE name = ?;
+-- name: control
+-- What an operator asked of a projection: paused, and a pending reset or replay.
+SELECT paused_at IS NOT NULL, request, request_position, request_seq FROM stoic_projections WHERE name = ?;
+
+-- name: request_rewind
+-- Records an operator's reset or replay request for the holder to carry out.
+UPDATE stoic_projections SET request = :request, request_position = :position, request_seq = request_seq + 1,
+    requested_at = :now, requested_by = :actor, request_reason = :reason
+WHERE name = :name
+RETURNING request_seq;
+
+-- name: finish_request
+-- Clears a carried-out request; a reset also restarts the count and closes the breaker.
+UPDATE stoic_projections SET request = NULL, request_position = NULL,
+    events_processed = CASE WHEN :reset THEN 0 ELSE events_processed END,
+    breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL
+WHERE name = :name AND request_seq = :seq;
+
+-- name: close_rewound_failures
+-- Unblocks the failures a rewind goes back over: their events are processed again.
+UPDATE stoic_failures SET blocking = 0, next_retry_at = NULL, retry_requested = 0, updated_at = :now,
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN :resolution ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END
+WHERE projection = :name AND blocking = 1 AND position > :position;
 
 -- name: transition_failure
 -- Applies an operator's action to a failure if its status allows it.
@@ -224,7 +247,9 @@ UPDATE stoic_projections SET verified_at = ?, verified_missing = ? WHERE name = 
 SELECT p.name, p.position, p.events_processed, p.holder,
        (w.expires_at IS NOT NULL AND w.expires_at > :now) AS holder_alive, p.epoch, p.updated_at,
        p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures, p.breaker_opened_at,
-       p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason, p.verified_at, p.verified_missing
+       p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason, p.verified_at, p.verified_missing,
+       p.request, p.request_position, p.requested_at, p.requested_by, p.request_reason, p.idempotent,
+       p.resettable
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 

@@ -40,7 +40,15 @@ CREATE TABLE stoic_projections (
     paused_by         TEXT,
     paused_reason     TEXT,
     verified_at       REAL,
-    verified_missing  INTEGER NOT NULL DEFAULT 0
+    verified_missing  INTEGER NOT NULL DEFAULT 0,
+    request           TEXT,
+    request_position  INTEGER,
+    request_seq       INTEGER NOT NULL DEFAULT 0,
+    requested_at      REAL,
+    requested_by      TEXT,
+    request_reason    TEXT,
+    idempotent        INTEGER NOT NULL DEFAULT 0,
+    resettable        INTEGER NOT NULL DEFAULT 0
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future.

@@ -50,6 +50,7 @@ from stoic.store import (
     FailureStatus,
     Lease,
     NewFailure,
+    ProjectionControl,
     ProjectionDetails,
     ProjectionState,
     Resolution,
@@ -172,6 +173,7 @@ class SQLiteStore(StoreBase):
     """
 
     Q = Q
+    expected_schema_version = len(MIGRATIONS)  #: the schema this version of Stoic migrates to
     dialect = "sqlite"
 
     def __init__(
@@ -529,14 +531,27 @@ class SQLiteStore(StoreBase):
                 time.time() if paused else None, actor if paused else None,
                 reason if paused else None, name)).rowcount == 1
 
+    def request_rewind(
+        self, name: str, request: str, position: int, actor: str, reason: str | None
+    ) -> int | None:
+        """Records a reset or replay for the holder to carry out; None if unknown."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            row = conn.execute(Q["request_rewind"], {
+                "request": request, "position": position, "now": time.time(), "actor": actor,
+                "reason": reason, "name": name,
+            }).fetchone()
+        return None if row is None else int(row[0])
+
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
         details = []
         for row in self._read(Q["projection_details"], {"now": time.time()}):
             values = list(row)
             values[4] = bool(values[4])
-            for i in (6, 7, 8, 11, 13, 16):
+            for i in (6, 7, 8, 11, 13, 16, 20):
                 values[i] = _ts(values[i])
+            values[23], values[24] = bool(values[23]), bool(values[24])
             details.append(ProjectionDetails(*values))
         return details
 
@@ -583,9 +598,9 @@ class SQLiteSession:
         self.store = store
         self.conn = store._conn() if store.memory else store._new_connection()
 
-    def ensure_projection(self, name: str) -> None:
+    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
         with self.store.write_transaction(self.conn):
-            self.conn.execute(Q["ensure_projection"], (name, time.time()))
+            self.conn.execute(Q["ensure_projection"], (name, time.time(), int(idempotent), int(resettable)))
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
         with self.store.write_transaction(self.conn):
@@ -723,9 +738,18 @@ class SQLiteSession:
             self.conn.execute(Q["set_breaker"], {
                 "state": state, "failures": failures, "reason": reason, "now": time.time(), "name": name})
 
-    def paused(self, name: str) -> bool:
-        rows = self._fetch(Q["paused"], (name,))
-        return bool(rows and rows[0][0])
+    def control(self, name: str) -> ProjectionControl:
+        rows = self._fetch(Q["control"], (name,))
+        if not rows:
+            return ProjectionControl(paused=False)
+        paused, request, position, seq = rows[0]
+        return ProjectionControl(bool(paused), request, position, int(seq))
+
+    def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
+        resolution = (Resolution.RESET if reset else Resolution.REPLAY).value
+        self.conn.execute(Q["finish_request"], {"reset": int(reset), "name": name, "seq": seq})
+        self.conn.execute(Q["close_rewound_failures"], {
+            "resolution": resolution, "name": name, "position": position, "now": time.time()})
 
     def check_late_arrivals(self, name: str) -> int:
         rows = self._fetch(Q["check_late_arrivals"], (name,))

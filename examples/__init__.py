@@ -1,0 +1,1 @@
+"""Reference applications built on Stoic (importable from the repository root)."""

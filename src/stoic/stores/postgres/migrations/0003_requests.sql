@@ -1,0 +1,12 @@
+-- Stoic schema 3 for PostgreSQL: operator requests (reset, replay) carried out
+-- by the projection's holder, and what a projection declares about itself.
+
+ALTER TABLE stoic_projections
+    ADD COLUMN request          TEXT,
+    ADD COLUMN request_position BIGINT,
+    ADD COLUMN request_seq      BIGINT      NOT NULL DEFAULT 0,
+    ADD COLUMN requested_at     TIMESTAMPTZ,
+    ADD COLUMN requested_by     TEXT,
+    ADD COLUMN request_reason   TEXT,
+    ADD COLUMN idempotent       BOOLEAN     NOT NULL DEFAULT false,
+    ADD COLUMN resettable       BOOLEAN     NOT NULL DEFAULT false;

@@ -1,0 +1,11 @@
+-- Stoic schema 3 for SQLite: operator requests (reset, replay) carried out by
+-- the projection's holder, and what a projection declares about itself.
+
+ALTER TABLE stoic_projections ADD COLUMN request TEXT;
+ALTER TABLE stoic_projections ADD COLUMN request_position INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN request_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stoic_projections ADD COLUMN requested_at REAL;
+ALTER TABLE stoic_projections ADD COLUMN requested_by TEXT;
+ALTER TABLE stoic_projections ADD COLUMN request_reason TEXT;
+ALTER TABLE stoic_projections ADD COLUMN idempotent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stoic_projections ADD COLUMN resettable INTEGER NOT NULL DEFAULT 0;
