@@ -184,6 +184,7 @@ class SQLiteStore(StoreBase):
         synchronous: str | None = None,
         busy_timeout: float = BUSY_TIMEOUT_S,
         poll_interval: float = POLL_INTERVAL_S,
+        create: bool = True,
     ) -> None:
         self.url = url
         self.path, options = parse_sqlite_url(url)
@@ -214,6 +215,9 @@ class SQLiteStore(StoreBase):
             directory = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(directory):
                 raise ConfigurationError(f"directory {directory!r} of the SQLite file does not exist")
+            if not create and not os.path.exists(self.path):
+                # Operator commands must not create an empty database from a mistyped path.
+                raise ConfigurationError(f"no SQLite database at {os.path.abspath(self.path)!r}", url=url)
         self._migrate()
 
     # -- connections -------------------------------------------------------------
