@@ -1,0 +1,39 @@
+"""The app of the CLI tests: a ledger per stream whose handler refuses events
+marked ``poison`` while :data:`BROKEN` is on (the "deployed fix" turns it off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stoic
+from stoic import Transaction
+
+
+class Broken:
+    on = True
+
+
+BROKEN = Broken()
+
+
+class Ledger(stoic.Projection):
+    name = "ledger"
+    retry_schedule = stoic.RetrySchedule(first_delay=3600, max_attempts=5)
+
+    def setup(self, tx: Transaction) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS cli_ledger (stream TEXT PRIMARY KEY, total BIGINT NOT NULL)")
+
+    def reset(self, tx: Transaction) -> None:
+        tx.execute("DELETE FROM cli_ledger")
+
+    @stoic.handles("Deposited")
+    def deposited(self, event: Any, tx: Transaction) -> None:
+        if event.data.get("poison") and BROKEN.on:
+            raise ValueError(f"poison at {event.position}")
+        updated = tx.execute("UPDATE cli_ledger SET total = total + ? WHERE stream = ?",
+                             (event.data["amount"], event.stream_id))
+        if updated.rowcount == 0:
+            tx.execute("INSERT INTO cli_ledger VALUES (?, ?)", (event.stream_id, event.data["amount"]))
+
+
+app = stoic.App([Ledger], name="cli-tests")
