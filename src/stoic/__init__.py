@@ -31,6 +31,7 @@ from stoic.events import ANY, NO_STREAM, AppendResult, NewEvent, RecordedEvent
 from stoic.failures import BreakerPolicy, Classifier, Kind, OnError, RetryPolicy, RetrySchedule
 from stoic.operations import Operations
 from stoic.projection import ALL, App, Projection, handles, handles_all, load_app
+from stoic.reconcile import CheckResult, Mismatch, ReconcileReport
 from stoic.runner import Runner
 from stoic.store import Store, Transaction, connect
 
@@ -45,6 +46,7 @@ __all__ = [
     "App",
     "AppendResult",
     "BreakerPolicy",
+    "CheckResult",
     "CircuitOpen",
     "Classifier",
     "ConcurrencyError",
@@ -58,12 +60,14 @@ __all__ = [
     "Kind",
     "LeaseLost",
     "LockNotAvailable",
+    "Mismatch",
     "NewEvent",
     "OnError",
     "OperationTimeout",
     "Operations",
     "PermanentError",
     "Projection",
+    "ReconcileReport",
     "RecordedEvent",
     "Repository",
     "RetryPolicy",

@@ -51,6 +51,7 @@ Event = RecordedEvent | NewEvent
 Both have ``type``, ``data`` and ``metadata``."""
 
 DEFAULT_MAX_ATTEMPTS = 10  #: attempts of :meth:`Repository.execute` before a conflict is re-raised
+TRANSIENT_RETRIES = 3  #: retries of a lost connection or a lock timeout (they are slow; a down store stays down)
 RETRYABLE = (ConcurrencyError, StoreUnavailable, LockNotAvailable)  #: what execute retries
 
 
@@ -118,6 +119,8 @@ class Aggregate:
     - Invariants are checked when an event is *recorded* (a decision), not when
       history is loaded: a stored event is a fact, and a rule tightened later
       must not make old streams unloadable.
+    - State lives in the instance ``__dict__`` (no ``__slots__``): a refusal
+      puts it back from a deep copy taken before the event.
     """
 
     _appliers: ClassVar[dict[str, str]] = {}
@@ -188,19 +191,21 @@ class Aggregate:
         """Applies a new event now, checks the invariants, and queues it.
 
         On a violation the aggregate is put back as it was before this event
-        (or before the whole :func:`command`) and InvariantViolation is raised.
-        ``metadata`` is merged over what the repository adds when saving.
+        (a :func:`command` then puts back its earlier events too) and
+        InvariantViolation is raised. ``metadata`` is merged over what the
+        repository adds when saving.
         """
         if event_type not in self._appliers:
             raise ConfigurationError(f"{type(self).__name__}: no @applies method for {event_type!r}")
         event = NewEvent(event_type, dict(data or {}), dict(metadata) if metadata else None)
-        saved = None if self._in_command else self._snapshot_state()
+        # Restored here even inside a command: a command that catches the violation
+        # and goes on must not keep half of the refused event.
+        saved = self._snapshot_state()
         try:
             self._dispatch(event)
             self.check_invariants()
         except BaseException:
-            if saved is not None:
-                self._restore_state(saved)
+            self._restore_state(saved)
             raise
         self._pending.append(event)
         return event
@@ -337,8 +342,10 @@ def retry_on_conflict(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> R:
-    """Calls ``attempt`` until it does not raise ConcurrencyError (or a transient
-    store error), at most ``max_attempts`` times; then re-raises the last error.
+    """Calls ``attempt`` until it does not raise ConcurrencyError, at most
+    ``max_attempts`` times in all; then re-raises the last error. A transient
+    store error (StoreUnavailable, LockNotAvailable) is retried too, with
+    back-off, at most TRANSIENT_RETRIES times.
 
     ``attempt`` must reload what it decides on: it runs again on fresh state.
     Retries wait a short random time so that clients that collided do not
@@ -346,15 +353,18 @@ def retry_on_conflict(
     """
     if not isinstance(max_attempts, int) or max_attempts < 1:
         raise InvalidArgument(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    transient = 0
     for number in range(1, max_attempts + 1):
         try:
             return attempt()
         except RETRYABLE as exc:
-            if number == max_attempts:
+            conflict = isinstance(exc, ConcurrencyError)
+            transient += 0 if conflict else 1
+            if number == max_attempts or transient > TRANSIENT_RETRIES:
                 raise
             if on_retry is not None:
                 on_retry(exc)
-            cap = 0.002 * number if isinstance(exc, ConcurrencyError) else min(1.0, 0.05 * 2**number)
+            cap = 0.002 * number if conflict else 0.05 * 2**transient
             time.sleep(random.uniform(0, cap))
     raise AssertionError("unreachable")  # pragma: no cover
 

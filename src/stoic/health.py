@@ -86,6 +86,7 @@ class ProjectionHealth:
     holder_heartbeat_at: datetime | None = None
     breaker_state: str = "closed"
     throughput: float | None = None  # events/s over the last sampling interval
+    drifted_streams: int = 0  # streams the last continuous reconciliation found drifted
 
     @property
     def healthy(self) -> bool:
@@ -143,6 +144,11 @@ def assess(
     if halted_at is not None:
         causes.append(Cause("halted", Status.CRITICAL,
                             f"halted at position {halted_at} by a failing event (on_error=halt)"))
+    if details.drift_count:
+        when = details.drift_checked_at.isoformat(timespec="seconds") if details.drift_checked_at else "?"
+        causes.append(Cause("drift", Status.CRITICAL,
+                            f"{details.drift_count} of {details.drift_checked} sampled streams drifted from "
+                            f"their events (checked {when}): reconcile and repair them"))
     if details.verified_missing:
         causes.append(Cause("late_arrival", Status.CRITICAL,
                             f"self-check found {details.verified_missing} events at or below the checkpoint "
@@ -172,5 +178,5 @@ def assess(
         failures=by_status, parked_streams=parked_streams, parked_events=parked_events,
         last_processed_at=details.updated_at, holder=details.holder, holder_alive=details.holder_alive,
         holder_heartbeat_at=details.holder_heartbeat_at, breaker_state=details.breaker_state,
-        throughput=throughput,
+        throughput=throughput, drifted_streams=details.drift_count,
     )

@@ -80,6 +80,9 @@ class StoreCollector(Collector):
                                      labels=["projection", "status"])
         parked = GaugeMetricFamily("stoic_projection_parked_events", "Events parked behind open failures.",
                                    labels=["projection"])
+        drift = GaugeMetricFamily("stoic_projection_drifted_streams",
+                                  "Streams whose read model differed from their events at the last continuous check.",
+                                  labels=["projection"])
         holder = GaugeMetricFamily("stoic_projection_holder_alive", "1 when a live worker holds the projection.",
                                    labels=["projection"])
         for h in status.projections:
@@ -94,7 +97,8 @@ class StoreCollector(Collector):
                 failures.add_metric([h.name, failure_status.value], h.failures.get(failure_status.value, 0))
             parked.add_metric([h.name], h.parked_events)
             holder.add_metric([h.name], 1.0 if h.holder and h.holder_alive else 0.0)
-        yield from (lag, lag_s, position, processed, breaker, health, failures, parked, holder)
+            drift.add_metric([h.name], h.drifted_streams)
+        yield from (lag, lag_s, position, processed, breaker, health, failures, parked, holder, drift)
         alive = GaugeMetricFamily("stoic_workers_alive", "Workers whose heartbeat has not expired.")
         alive.add_metric([], sum(w.alive for w in status.workers))
         yield alive

@@ -10,14 +10,16 @@ process while workers run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from stoic.errors import ActionRefused, FailureNotFound, InvalidArgument, UnknownProjection
+from stoic.errors import ActionRefused, ConfigurationError, FailureNotFound, InvalidArgument, UnknownProjection
 from stoic.health import Cause, ProjectionHealth, Status, Thresholds, assess
+from stoic.reconcile import Reconciler, ReconcileReport, reconcilable
 from stoic.store import (
     OPEN_STATUSES,
     AuditEntry,
@@ -25,14 +27,14 @@ from stoic.store import (
     FailureChange,
     FailureRecord,
     FailureStatus,
-    Resolution,
     ProjectionDetails,
+    Resolution,
     Store,
     WorkerInfo,
 )
 
 if TYPE_CHECKING:
-    from stoic.projection import App
+    from stoic.projection import App, Projection
 
 MAX_REASON_CHARS = 2000  #: longest reason an operator may give
 
@@ -63,6 +65,7 @@ class RewindRequest:
     position: int  #: where the checkpoint goes back to
     seq: int  #: the request's number (a newer request replaces an older pending one)
     head: int  #: the store's head when asked: the work to redo is ``head - position`` events
+    streams: tuple[str, ...] = ()  #: the streams a ``repair`` rebuilds
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +349,61 @@ class Operations:
                 "replay only goes back")
         return self._request_rewind(projection, "replay", from_position, who, why)
 
+    # -- reconciliation and per-stream rebuild ----------------------------------------------
+
+    def reconcile(self, projection: str, actor: str, stream_id: str | None = None, repair: bool = False,
+                  reason: str | None = None) -> ReconcileReport:
+        """Compares the read model with the fold of the events, for one stream or
+        all; with ``repair``, asks the holder to rebuild the mismatched streams."""
+        who, why = _actor(actor), _reason(reason, False, "reconcile")
+        code = self._code(projection, "reconcile")
+        if not reconcilable(code):
+            self._refuse("reconcile", projection, who, why, (
+                f"cannot reconcile {projection!r}: it does not implement expected_state() and actual_state()"))
+        if repair and not code.repairable:
+            self._refuse("reconcile", projection, who, why, (
+                f"cannot repair {projection!r}: it does not implement forget(stream_id, tx)"))
+        if stream_id is not None:
+            _stream(stream_id)
+        session = self.store.open_session()
+        try:
+            report = Reconciler(session, code).run([stream_id] if stream_id is not None else None,
+                                                   checks=stream_id is None)
+        finally:
+            session.close()
+        failed = [c.name for c in report.checks if not c.ok]
+        self.store.record_audit(AuditRecord(
+            who, "reconcile", f"projection:{projection}" + (f"/stream:{stream_id}" if stream_id else ""), why,
+            f"ok: {report.matched} of {report.checked} streams match"
+            + (f"; failed checks: {', '.join(failed)}" if failed else ""),
+            {"mismatched_streams": list(report.mismatched_streams[:1000]), "position": report.position}))
+        if repair and report.mismatched_streams:
+            self.rebuild_streams(projection, list(report.mismatched_streams), who, why or "reconcile --repair")
+            return dataclasses.replace(report, repair_requested=True)
+        return report
+
+    def rebuild_streams(self, projection: str, stream_ids: list[str], actor: str, reason: str) -> RewindRequest:
+        """Asks the holder to rebuild these streams on their own: remove their rows
+        (``forget``), apply their events again; other streams are not touched."""
+        who, why = _actor(actor), _reason(reason, True, "rebuild-streams")
+        if not stream_ids:
+            raise InvalidArgument("rebuild-streams: name at least one stream")
+        for stream in stream_ids:
+            _stream(stream)
+        details = self._rewindable(projection, "rebuild-streams", who, why)
+        code = self._code(projection, "rebuild-streams") if self.app is not None else None
+        if code is not None and not code.repairable:
+            self._refuse("rebuild-streams", projection, who, why, (
+                f"cannot rebuild streams of {projection!r}: it does not implement forget(stream_id, tx)"))
+        unique = list(dict.fromkeys(stream_ids))
+        return self._request_rewind(projection, "repair", details.position, who, why, unique)
+
+    def _code(self, projection: str, action: str) -> Projection:
+        self._check_projection(projection)
+        if self.app is None:
+            raise ConfigurationError(f"{action} needs the application's code: pass the app (--app module:app)")
+        return self.app.projection(projection)
+
     def _rewindable(self, projection: str, action: str, actor: str, reason: str | None) -> ProjectionDetails:
         self._check_projection(projection)
         details = self._details(projection)
@@ -367,15 +425,15 @@ class Operations:
         raise ActionRefused(message, projection=projection, action=action)
 
     def _request_rewind(self, projection: str, action: str, position: int, actor: str,
-                        reason: str | None) -> RewindRequest:
+                        reason: str | None, streams: list[str] | None = None) -> RewindRequest:
         head = self.store.head()
-        seq = self.store.request_rewind(projection, action, position, actor, reason)
+        seq = self.store.request_rewind(projection, action, position, actor, reason, streams)
         if seq is None:
             raise UnknownProjection(f"projection {projection!r} has never run", name=projection)
         self.store.record_audit(AuditRecord(
             actor, action, f"projection:{projection}", reason, "requested",
-            {"position": position, "head": head, "seq": seq}))
-        return RewindRequest(projection, action, position, seq, head)
+            {"position": position, "head": head, "seq": seq, **({"streams": streams[:1000]} if streams else {})}))
+        return RewindRequest(projection, action, position, seq, head, tuple(streams or ()))
 
 
 def _status(status: FailureStatus | str | None) -> FailureStatus | None:
@@ -386,6 +444,12 @@ def _status(status: FailureStatus | str | None) -> FailureStatus | None:
     except ValueError:
         choices = ", ".join(s.value for s in FailureStatus)
         raise InvalidArgument(f"status must be one of {choices}, got {status!r}") from None
+
+
+def _stream(stream_id: object) -> str:
+    if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 1000 or "\x00" in stream_id:
+        raise InvalidArgument(f"stream id must be 1-1000 characters without NUL, got {stream_id!r}")
+    return stream_id
 
 
 def _failure_id(failure_id: object) -> int:

@@ -87,6 +87,9 @@ class Projection:
     batch_timeout: ClassVar[float] = 60.0
     classifier: ClassVar[Classifier | None] = None
     idempotent: ClassVar[bool] = False
+    reconcile_every: ClassVar[float | None] = None  #: seconds between continuous sample checks (None: off)
+    reconcile_sample: ClassVar[int] = 20  #: streams per continuous check
+    auto_repair: ClassVar[bool] = False  #: repair drifted streams found by the continuous check
     _handler_names: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -117,6 +120,35 @@ class Projection:
     def resettable(self) -> bool:
         """True when this projection implements :meth:`reset`."""
         return type(self).reset is not Projection.reset
+
+    # -- reconciliation (optional): prove the read model matches the events -------------
+
+    def expected_state(self, stream_id: str, events: list[RecordedEvent]) -> dict[str, Any] | None:
+        """The state the read model should hold for one stream, folded from the
+        stream's applied events (None: no state). Implement it with
+        :meth:`actual_state` to make the projection reconcilable."""
+        raise NotImplementedError
+
+    def actual_state(self, stream_id: str, tx: Transaction) -> dict[str, Any] | None:
+        """The state the read model holds for one stream, read through ``tx``
+        (None: no state), with the same keys as :meth:`expected_state`."""
+        raise NotImplementedError
+
+    def forget(self, stream_id: str, tx: Transaction) -> None:
+        """Removes one stream's rows from the read model, so the stream can be
+        rebuilt on its own (``repair``). Until implemented, repairs are refused."""
+        raise NotImplementedError
+
+    def checks(self, snapshot: Any) -> Iterable[Any]:
+        """Global checks run by reconciliation: yield ``stoic.CheckResult(name, ok,
+        detail)``. ``snapshot.execute(sql)`` reads the read model and
+        ``snapshot.events()`` the events, both as of one moment."""
+        return ()
+
+    @property
+    def repairable(self) -> bool:
+        """True when this projection implements :meth:`forget`."""
+        return type(self).forget is not Projection.forget
 
     def handlers(self) -> tuple[dict[str, Handler], Handler | None]:
         """Returns the bound handler of each event type, and the catch-all (or None)."""

@@ -35,7 +35,9 @@ from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
 from stoic.metrics import BATCH_EVENTS, BATCH_SECONDS, RETRIES
 from stoic.projection import Projection
+from stoic.reconcile import Reconciler, applied_events, reconcilable
 from stoic.store import (
+    AuditRecord,
     FailureRecord,
     FailureStatus,
     Lease,
@@ -159,6 +161,8 @@ class ProjectionRunner:
         self._next_maintenance = 0.0
         self._suspect = 0  # batches left to run with savepoints from the start
         self._next_verify = time.monotonic() + VERIFY_INTERVAL_S
+        every = projection.reconcile_every
+        self._next_reconcile = time.monotonic() + every if every and reconcilable(projection) else None
 
     # -- lease and session -------------------------------------------------------------
 
@@ -252,7 +256,13 @@ class ProjectionRunner:
             control = self._session().control(self.name)
             self._paused = control.paused
             if control.request is not None and not self._paused:
-                self._rewind(control)
+                if control.request == "repair":
+                    self._repair(control)
+                else:
+                    self._rewind(control)
+            if self._next_reconcile is not None and now >= self._next_reconcile and not self._paused:
+                self._next_reconcile = now + float(self.projection.reconcile_every or 0)
+                self.reconcile_sample()
             if not self._paused and self._breaker_state != "open":
                 self._maintain()
             if now >= self._next_verify:
@@ -509,6 +519,64 @@ class ProjectionRunner:
         self._load_failures()
         log.warning("projection %s to position %d", "reset" if reset else "replayed", target, extra={
             "action": control.request, "projection": self.name, "position": target})
+
+    def _repair(self, control: ProjectionControl) -> None:
+        """Rebuilds the requested streams on their own: ``forget`` their rows, then
+        apply their applied events again, in one fenced transaction that does not
+        move the checkpoint (so no other stream is touched and nothing is skipped)."""
+        session = self._session()
+        handlers, catch_all = self._handlers, self._catch_all
+
+        def apply(tx: Transaction) -> None:
+            for stream_id in control.request_streams:
+                failures = session.stream_failures(self.name, stream_id)
+                events = applied_events(session.read_stream_range(stream_id, 0, self.position), failures)
+                self.projection.forget(stream_id, tx)
+                for event in events:
+                    handler = handlers.get(event.type, catch_all)
+                    if handler is not None:
+                        handler(event, tx)
+            session.finish_request(self.name, control.request_seq, self.position, False)
+
+        streams = list(control.request_streams)
+        try:
+            session.apply_batch(self._lease(), self.position, self.position, 0, apply, pipeline=False,
+                                timeout=self.policy.batch_timeout)
+        except (LeaseLost, StoreUnavailable):
+            raise
+        except Exception as exc:
+            # A repair that cannot run must not be retried forever: drop it, say why.
+            error_class, message = describe(exc)
+            log.error("repair failed: %s: %s", error_class, message[:500], extra={
+                "action": "repair_failed", "projection": self.name, "streams": streams[:20]})
+            session.finish_request(self.name, control.request_seq, self.position, False)
+            self.store.record_audit(AuditRecord(
+                f"worker:{self.worker_id}", "repair", f"projection:{self.name}", None,
+                f"failed: {error_class}: {message[:500]}", {"streams": streams[:1000]}))
+            return
+        self.store.record_audit(AuditRecord(
+            f"worker:{self.worker_id}", "repair", f"projection:{self.name}", None, f"done: {len(streams)} streams",
+            {"streams": streams[:1000], "position": self.position}))
+        log.warning("repaired %d streams", len(streams), extra={
+            "action": "repaired", "projection": self.name, "streams": streams[:20]})
+
+    def reconcile_sample(self) -> list[str]:
+        """The continuous check: re-folds a random sample of streams and compares
+        them with the read model; records the drift (health, metrics) and, when
+        the projection asks for it, requests a repair of the drifted streams."""
+        reconciler = Reconciler(self._session(), self.projection)
+        sample = reconciler.sample(self.projection.reconcile_sample)
+        report = reconciler.run(sample, checks=False)
+        drifted = list(report.mismatched_streams)
+        self.store.record_drift(self.name, report.checked, drifted)
+        if drifted:
+            log.error("%d of %d sampled streams drifted from their events", len(drifted), report.checked, extra={
+                "action": "drift_detected", "projection": self.name, "streams": drifted[:20]})
+            pending = self._session().control(self.name).request is not None
+            if self.projection.auto_repair and self.projection.repairable and not pending:
+                self.store.request_rewind(self.name, "repair", self.position, f"worker:{self.worker_id}",
+                                          "continuous reconciliation found drift", drifted)
+        return drifted
 
     def _lease(self) -> Lease:
         if self.lease is None:

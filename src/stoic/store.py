@@ -221,6 +221,10 @@ class ProjectionDetails:
     request_reason: str | None = None
     idempotent: bool = False  #: declared safe to apply an event twice (replay allowed)
     resettable: bool = False  #: implements ``reset()`` (reset allowed)
+    drift_checked_at: datetime | None = None  #: the last continuous reconciliation
+    drift_checked: int = 0  #: streams it compared
+    drift_count: int = 0  #: streams whose read model differed from their events
+    drift_streams: tuple[str, ...] = ()  #: their ids (up to 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +235,7 @@ class ProjectionControl:
     request: str | None = None  #: ``reset`` or ``replay``, carried out by the holder
     request_position: int | None = None  #: where the checkpoint goes back to
     request_seq: int = 0  #: identifies the request, so a newer one is never cleared by mistake
+    request_streams: tuple[str, ...] = ()  #: the streams a ``repair`` rebuilds
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +358,21 @@ class StoreSession(Protocol):
         """Stores the projection's circuit breaker (opened_at set when it opens)."""
 
     def control(self, name: str) -> ProjectionControl:
-        """Returns the pause flag and any pending reset/replay request."""
+        """Returns the pause flag and any pending reset/replay/repair request."""
+
+    def read_snapshot(self) -> contextlib.AbstractContextManager[Transaction]:
+        """A read-only transaction that sees one consistent state (checkpoint,
+        events, failures and read model together), for reconciliation."""
+
+    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
+        """Streams with events at or below ``upto`` (of ``types``; None = any),
+        in id order after ``after``, at most ``limit``."""
+
+    def stream_at(self, position: int) -> tuple[str, str] | None:
+        """The (stream id, type) of the event at a position, None if there is none."""
+
+    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
+        """Every failure (any status) of a projection on one stream."""
 
     def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
         """Inside a rewind's transaction: clears request ``seq`` and unblocks the
@@ -454,10 +473,12 @@ class Store(Protocol):
         """Pauses or resumes a projection; False if it is unknown."""
 
     def request_rewind(
-        self, name: str, request: str, position: int, actor: str, reason: str | None
+        self, name: str, request: str, position: int, actor: str, reason: str | None,
+        streams: Sequence[str] | None = None,
     ) -> int | None:
-        """Records a reset or replay for the holder to carry out; returns the
-        request's sequence number, None if the projection is unknown."""
+        """Records a reset, replay or repair (of ``streams``) for the holder to
+        carry out; returns the request's sequence number, None if the projection
+        is unknown."""
 
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
@@ -470,6 +491,9 @@ class Store(Protocol):
 
     def record_verification(self, name: str, missing: int) -> None:
         """Stores the result of a projection's late-arrival self-check."""
+
+    def record_drift(self, name: str, checked: int, drifted: Sequence[str]) -> None:
+        """Stores the result of a continuous reconciliation."""
 
     def now(self) -> datetime:
         """The store's clock (the database server's, on PostgreSQL)."""

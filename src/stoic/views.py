@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from stoic.health import ProjectionHealth
 from stoic.operations import Checkpoint, RewindRequest, SystemStatus
+from stoic.reconcile import ReconcileReport
 from stoic.store import AuditEntry, FailureRecord, WorkerInfo
 
 
@@ -34,6 +35,7 @@ class ProjectionHealthView(BaseModel):
     lag_seconds: float
     events_processed: int
     throughput: float | None = Field(description="Events/s over the last sampling interval.")
+    drifted_streams: int = Field(description="Streams the last continuous reconciliation found drifted.")
     failures: dict[str, int]
     parked_streams: int
     parked_events: int
@@ -50,7 +52,7 @@ class ProjectionHealthView(BaseModel):
             causes=[CauseView(code=c.code, status=c.status.value, message=c.message) for c in h.causes],
             position=h.position, head=h.head, lag_events=h.lag_events, lag_seconds=round(h.lag_seconds, 3),
             events_processed=h.events_processed,
-            throughput=None if h.throughput is None else round(h.throughput, 1),
+            throughput=None if h.throughput is None else round(h.throughput, 1), drifted_streams=h.drifted_streams,
             failures=dict(h.failures), parked_streams=h.parked_streams, parked_events=h.parked_events,
             holder=h.holder, holder_alive=h.holder_alive, holder_heartbeat_at=h.holder_heartbeat_at,
             breaker=h.breaker_state, updated_at=h.last_processed_at,
@@ -188,8 +190,57 @@ class RewindView(BaseModel):
     request: int = Field(description="The request's sequence number.")
     head: int
     events_to_process: int
+    streams: list[str] = Field(default_factory=list, description="The streams a repair rebuilds.")
 
     @classmethod
     def of(cls, r: RewindRequest) -> RewindView:
         return cls(projection=r.projection, action=r.action, position=r.position, request=r.seq, head=r.head,
-                   events_to_process=max(0, r.head - r.position))
+                   events_to_process=0 if r.action == "repair" else max(0, r.head - r.position),
+                   streams=list(r.streams))
+
+
+class MismatchView(BaseModel):
+    stream_id: str
+    field: str = Field(description="The differing field, or <row> when one side has no state.")
+    expected: object
+    actual: object
+
+
+class CheckView(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class ReconcileView(BaseModel):
+    projection: str
+    ok: bool
+    position: int = Field(description="The checkpoint the comparison saw.")
+    checked: int
+    matched: int
+    mismatched_streams: list[str]
+    mismatches: list[MismatchView] = Field(description="Up to 1,000 differing fields.")
+    parked: list[str] = Field(description="Streams compared only up to their open failure.")
+    checks: list[CheckView]
+    duration_seconds: float
+    repair_requested: bool
+
+    @classmethod
+    def of(cls, r: ReconcileReport) -> ReconcileView:
+        return cls(projection=r.projection, ok=r.ok, position=r.position, checked=r.checked, matched=r.matched,
+                   mismatched_streams=list(r.mismatched_streams),
+                   mismatches=[MismatchView(stream_id=m.stream_id, field=m.field, expected=_plain(m.expected),
+                                            actual=_plain(m.actual)) for m in r.mismatches],
+                   parked=list(r.parked), checks=[CheckView(name=c.name, ok=c.ok, detail=c.detail) for c in r.checks],
+                   duration_seconds=round(r.duration, 3), repair_requested=r.repair_requested)
+
+
+def _plain(value: object) -> object:
+    """JSON-safe: numbers, text, booleans, None, lists and dicts of them; anything else as text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)

@@ -36,4 +36,21 @@ class Ledger(stoic.Projection):
             tx.execute("INSERT INTO cli_ledger VALUES (?, ?)", (event.stream_id, event.data["amount"]))
 
 
+    # Reconciliation: the total per stream is the sum of its deposits.
+    def expected_state(self, stream_id: str, events: list[Any]) -> dict[str, Any] | None:
+        amounts = [e.data["amount"] for e in events if e.type == "Deposited"]
+        return {"total": sum(amounts)} if amounts else None
+
+    def actual_state(self, stream_id: str, tx: Transaction) -> dict[str, Any] | None:
+        row = tx.execute("SELECT total FROM cli_ledger WHERE stream = ?", (stream_id,)).fetchone()
+        return None if row is None else {"total": int(row[0])}
+
+    def forget(self, stream_id: str, tx: Transaction) -> None:
+        tx.execute("DELETE FROM cli_ledger WHERE stream = ?", (stream_id,))
+
+    def checks(self, snapshot: Any) -> list[stoic.CheckResult]:
+        negative = snapshot.execute("SELECT COUNT(*) FROM cli_ledger WHERE total < 0").fetchone()[0]
+        return [stoic.CheckResult("no negative totals", negative == 0, f"{negative} negative totals")]
+
+
 app = stoic.App([Ledger], name="cli-tests")

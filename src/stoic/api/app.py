@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,7 @@ from stoic import metrics
 from stoic.api.auth import Admin, ApiSettings, AuthError, authenticate, is_admin
 from stoic.errors import (
     ActionRefused,
+    ConfigurationError,
     FailureNotFound,
     InvalidArgument,
     InvalidEvent,
@@ -39,6 +41,7 @@ from stoic.views import (
     FailureDetail,
     FailureSummary,
     ProjectionHealthView,
+    ReconcileView,
     RewindView,
     SystemStatusView,
 )
@@ -50,6 +53,7 @@ MAX_ID = 2**63 - 1
 NO_NUL = r"^[^\x00]*$"
 
 ProjectionName = Annotated[str, PathParam(min_length=1, max_length=200, pattern=NO_NUL)]
+StreamId = Annotated[str, PathParam(min_length=1, max_length=1000, pattern=NO_NUL)]
 FailureId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
@@ -78,6 +82,17 @@ class RequiredReason(BaseModel):
 
 class ReplayRequest(RequiredReason):
     from_position: int = Field(ge=0, le=MAX_ID, description="Replay the events after this position.")
+
+
+class RepairRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    repair: bool = Field(default=False, description="Rebuild the mismatched streams.")
+    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS, pattern=NO_NUL)
+
+
+class RebuildStreams(RequiredReason):
+    streams: list[Annotated[str, Field(min_length=1, max_length=1000, pattern=NO_NUL)]] = Field(
+        min_length=1, max_length=10_000)
 
 
 class FailurePage(BaseModel):
@@ -114,6 +129,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (FailureNotFound, 404, "not_found"),
     (InvalidArgument, 422, "invalid_argument"),
     (InvalidEvent, 422, "invalid_argument"),
+    (ConfigurationError, 409, "not_configured"),
     (ActionRefused, 409, "refused"),
     (TransientError, 503, "unavailable"),
 ]
@@ -298,6 +314,27 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
     def replay(who: AdminDep, name: ProjectionName, body: ReplayRequest) -> RewindView:
         """Moves an idempotent projection's checkpoint back and applies the events again."""
         return RewindView.of(ops.replay(name, body.from_position, who.actor, body.reason))
+
+    @api.get("/admin/projections/{name}/reconcile", tags=["admin"], response_model=ReconcileView)
+    def reconcile(who: AdminDep, name: ProjectionName) -> ReconcileView:
+        """Compares every stream's read-model state with the fold of its events, and runs the global checks."""
+        return ReconcileView.of(ops.reconcile(name, who.actor))
+
+    @api.get("/admin/projections/{name}/reconcile/{stream_id:path}", tags=["admin"], response_model=ReconcileView)
+    def reconcile_stream(who: AdminDep, name: ProjectionName, stream_id: StreamId) -> ReconcileView:
+        """Compares one stream's read-model state with the fold of its events."""
+        return ReconcileView.of(ops.reconcile(name, who.actor, stream_id=stream_id))
+
+    @api.post("/admin/projections/{name}/reconcile", tags=["admin"], response_model=ReconcileView)
+    def reconcile_and_repair(who: AdminDep, name: ProjectionName, body: RepairRequest) -> ReconcileView:
+        """Reconciles and, with ``repair``, asks the holder to rebuild the mismatched streams."""
+        return ReconcileView.of(ops.reconcile(name, who.actor, repair=body.repair, reason=body.reason))
+
+    @api.post("/admin/projections/{name}/streams/rebuild", tags=["admin"], response_model=RewindView,
+              status_code=202)
+    def rebuild_streams(who: AdminDep, name: ProjectionName, body: RebuildStreams) -> RewindView:
+        """Rebuilds some streams on their own: their rows removed, their events applied again."""
+        return RewindView.of(ops.rebuild_streams(name, body.streams, who.actor, body.reason))
 
     # -- dashboard ----------------------------------------------------------------------------
 

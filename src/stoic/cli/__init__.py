@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from stoic.cli import act, inspect, run  # noqa: F401  (they register their commands)
+from stoic.cli import act, inspect, reconcile, run  # noqa: F401  (they register their commands)
 from stoic.cli.common import app
 
 __all__ = ["app", "main"]

@@ -161,7 +161,8 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
     """Shows the rewind's progress (events done / total, rate, ETA) until the
     projection is back at the head it had when asked; runs it here when nobody
     holds the projection and the app is known."""
-    name, total = request.projection, max(0, request.head - request.position)
+    name = request.projection
+    total = 0 if request.action == "repair" else max(0, request.head - request.position)
     runner_errors: list[BaseException] = []
     if not ops.checkpoint(name).holder_alive:
         if ops.app is None:
@@ -179,7 +180,7 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
             carried_out = checkpoint.request is None
             done = max(0, checkpoint.position - request.position) if carried_out else 0
             progress.update(task, completed=min(done, total) if total else int(carried_out))
-            if carried_out and checkpoint.position >= request.head:
+            if carried_out and (request.action == "repair" or checkpoint.position >= request.head):
                 break
             if runner_errors:
                 raise fail(runner_errors[0])

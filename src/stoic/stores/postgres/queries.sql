@@ -211,18 +211,19 @@ WHERE name = %(name)s;
 
 -- name: control
 -- What an operator asked of a projection: paused, and a pending reset or replay.
-SELECT paused_at IS NOT NULL, request, request_position, request_seq FROM stoic_projections WHERE name = %s;
+SELECT paused_at IS NOT NULL, request, request_position, request_seq, request_streams
+FROM stoic_projections WHERE name = %s;
 
 -- name: request_rewind
 -- Records an operator's reset or replay request for the holder to carry out.
-UPDATE stoic_projections SET request = %(request)s, request_position = %(position)s,
+UPDATE stoic_projections SET request = %(request)s, request_position = %(position)s, request_streams = %(streams)s,
     request_seq = request_seq + 1, requested_at = now(), requested_by = %(actor)s, request_reason = %(reason)s
 WHERE name = %(name)s
 RETURNING request_seq;
 
 -- name: finish_request
 -- Clears a carried-out request; a reset also restarts the count and closes the breaker.
-UPDATE stoic_projections SET request = NULL, request_position = NULL,
+UPDATE stoic_projections SET request = NULL, request_position = NULL, request_streams = NULL,
     events_processed = CASE WHEN %(reset)s THEN 0 ELSE events_processed END,
     breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL
 WHERE name = %(name)s AND request_seq = %(seq)s;
@@ -301,13 +302,19 @@ SELECT count(*) FROM stoic_events WHERE position <= %s;
 -- Stores the result of the late-arrival self-check.
 UPDATE stoic_projections SET verified_at = now(), verified_missing = %s WHERE name = %s;
 
+-- name: record_drift
+-- Stores the result of a continuous reconciliation.
+UPDATE stoic_projections SET drift_checked_at = now(), drift_checked = %s, drift_count = %s, drift_streams = %s
+WHERE name = %s;
+
 -- name: projection_details
 -- Everything health needs about projections.
 SELECT p.name, p.position, p.events_processed, p.holder, coalesce(w.expires_at > now(), false),
        p.epoch, p.updated_at, p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures,
        p.breaker_opened_at, p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason,
        p.verified_at, p.verified_missing, p.request, p.request_position, p.requested_at, p.requested_by,
-       p.request_reason, p.idempotent, p.resettable
+       p.request_reason, p.idempotent, p.resettable, p.drift_checked_at, p.drift_checked, p.drift_count,
+       p.drift_streams
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -324,3 +331,14 @@ FROM stoic_projections p WHERE p.name = %s;
 -- Locks a failure for the transaction that retries or releases it, so that an
 -- operator's concurrent skip or resolve waits for it (and is then refused) or wins first.
 SELECT status FROM stoic_failures WHERE id = %s FOR UPDATE;
+
+-- name: stream_ids
+-- Streams with events at or below a position (of some types; NULL = any), in id order, a page at a time.
+SELECT DISTINCT stream_id FROM stoic_events
+WHERE position <= %(upto)s AND stream_id > %(after)s
+  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+ORDER BY stream_id LIMIT %(limit)s;
+
+-- name: stream_at
+-- The stream of the event at a position (for sampling streams by random positions).
+SELECT stream_id, type FROM stoic_events WHERE position = %s;

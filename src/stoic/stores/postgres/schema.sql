@@ -44,12 +44,17 @@ CREATE TABLE stoic_projections (
     verified_missing  BIGINT      NOT NULL DEFAULT 0,
     request           TEXT,
     request_position  BIGINT,
+    request_streams   JSONB,
     request_seq       BIGINT      NOT NULL DEFAULT 0,
     requested_at      TIMESTAMPTZ,
     requested_by      TEXT,
     request_reason    TEXT,
     idempotent        BOOLEAN     NOT NULL DEFAULT false,
-    resettable        BOOLEAN     NOT NULL DEFAULT false
+    resettable        BOOLEAN     NOT NULL DEFAULT false,
+    drift_checked_at  TIMESTAMPTZ,
+    drift_checked     INTEGER     NOT NULL DEFAULT 0,
+    drift_count       INTEGER     NOT NULL DEFAULT 0,
+    drift_streams     JSONB
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future

@@ -30,6 +30,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from stoic.errors import (
@@ -576,18 +577,20 @@ class PostgresStore(StoreBase):
             paused, actor if paused else None, reason if paused else None, name)) == 1
 
     def request_rewind(
-        self, name: str, request: str, position: int, actor: str, reason: str | None
+        self, name: str, request: str, position: int, actor: str, reason: str | None,
+        streams: Sequence[str] | None = None,
     ) -> int | None:
         """Records a reset or replay for the holder to carry out; None if unknown."""
         with self._connection() as conn:
             row = conn.execute(Q["request_rewind"], {
                 "request": request, "position": position, "actor": actor, "reason": reason, "name": name,
+                "streams": Jsonb(list(streams)) if streams is not None else None,
             }).fetchone()
         return None if row is None else int(row[0])
 
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
-        return [ProjectionDetails(*row) for row in self._read(Q["projection_details"])]
+        return [ProjectionDetails(*row[:-1], tuple(row[-1] or ())) for row in self._read(Q["projection_details"])]
 
     def oldest_unprocessed(self, position: int) -> datetime | None:
         """When the first event after ``position`` was recorded (None: none yet)."""
@@ -601,6 +604,10 @@ class PostgresStore(StoreBase):
     def record_verification(self, name: str, missing: int) -> None:
         """Stores the result of a projection's late-arrival self-check."""
         self._write(Q["record_verification"], (missing, name))
+
+    def record_drift(self, name: str, checked: int, drifted: Sequence[str]) -> None:
+        """Stores the result of a continuous reconciliation (up to 100 stream ids)."""
+        self._write(Q["record_drift"], (checked, len(drifted), Jsonb(list(drifted)[:100]), name))
 
     def now(self) -> datetime:
         """The database server's clock."""
@@ -769,6 +776,25 @@ class PostgresSession:
     def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
         return [RecordedEvent(*r) for r in self._fetch(Q["read_stream_range"], (stream_id, after, upto))]
 
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[Transaction]:
+        with translate_errors(), self.conn.transaction():
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield PostgresTransaction(self.conn)
+
+    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
+        rows = self._fetch(Q["stream_ids"], {
+            "upto": upto, "after": after, "types": list(types) if types is not None else None, "limit": limit})
+        return [r[0] for r in rows]
+
+    def stream_at(self, position: int) -> tuple[str, str] | None:
+        rows = self._fetch(Q["stream_at"], (position,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
+        return [failure_from_row(r) for r in self._fetch(Q["list_failures"], {
+            "projection": name, "status": None, "stream_id": stream_id, "limit": 10_000, "offset": 0})]
+
     def breaker(self, name: str) -> BreakerState:
         rows = self._fetch(Q["breaker"], (name,))
         if not rows:
@@ -784,8 +810,8 @@ class PostgresSession:
         rows = self._fetch(Q["control"], (name,))
         if not rows:
             return ProjectionControl(paused=False)
-        paused, request, position, seq = rows[0]
-        return ProjectionControl(bool(paused), request, position, int(seq))
+        paused, request, position, seq, streams = rows[0]
+        return ProjectionControl(bool(paused), request, position, int(seq), tuple(streams or ()))
 
     def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
         resolution = (Resolution.RESET if reset else Resolution.REPLAY).value

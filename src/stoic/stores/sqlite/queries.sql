@@ -169,18 +169,20 @@ WHERE name = :name;
 
 -- name: control
 -- What an operator asked of a projection: paused, and a pending reset or replay.
-SELECT paused_at IS NOT NULL, request, request_position, request_seq FROM stoic_projections WHERE name = ?;
+SELECT paused_at IS NOT NULL, request, request_position, request_seq, request_streams
+FROM stoic_projections WHERE name = ?;
 
 -- name: request_rewind
 -- Records an operator's reset or replay request for the holder to carry out.
-UPDATE stoic_projections SET request = :request, request_position = :position, request_seq = request_seq + 1,
+UPDATE stoic_projections SET request = :request, request_position = :position, request_streams = :streams,
+    request_seq = request_seq + 1,
     requested_at = :now, requested_by = :actor, request_reason = :reason
 WHERE name = :name
 RETURNING request_seq;
 
 -- name: finish_request
 -- Clears a carried-out request; a reset also restarts the count and closes the breaker.
-UPDATE stoic_projections SET request = NULL, request_position = NULL,
+UPDATE stoic_projections SET request = NULL, request_position = NULL, request_streams = NULL,
     events_processed = CASE WHEN :reset THEN 0 ELSE events_processed END,
     breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL
 WHERE name = :name AND request_seq = :seq;
@@ -242,6 +244,11 @@ SELECT count(*) FROM stoic_events WHERE position <= ?;
 -- Stores the result of the late-arrival self-check.
 UPDATE stoic_projections SET verified_at = ?, verified_missing = ? WHERE name = ?;
 
+-- name: record_drift
+-- Stores the result of a continuous reconciliation.
+UPDATE stoic_projections SET drift_checked_at = ?, drift_checked = ?, drift_count = ?, drift_streams = ?
+WHERE name = ?;
+
 -- name: projection_details
 -- Everything health needs about projections.
 SELECT p.name, p.position, p.events_processed, p.holder,
@@ -249,7 +256,7 @@ SELECT p.name, p.position, p.events_processed, p.holder,
        p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures, p.breaker_opened_at,
        p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason, p.verified_at, p.verified_missing,
        p.request, p.request_position, p.requested_at, p.requested_by, p.request_reason, p.idempotent,
-       p.resettable
+       p.resettable, p.drift_checked_at, p.drift_checked, p.drift_count, p.drift_streams
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -266,3 +273,14 @@ WHERE worker_id = ?2 AND expires_at > ?1;
 -- name: lock_failure
 -- A failure's current status, read inside the transaction that retries or releases it.
 SELECT status FROM stoic_failures WHERE id = ?;
+
+-- name: stream_ids
+-- Streams with events at or below a position (of some types; NULL = any), in id order, a page at a time.
+SELECT DISTINCT stream_id FROM stoic_events
+WHERE position <= :upto AND stream_id > :after
+  AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+ORDER BY stream_id LIMIT :limit;
+
+-- name: stream_at
+-- The stream of the event at a position (for sampling streams by random positions).
+SELECT stream_id, type FROM stoic_events WHERE position = ?;

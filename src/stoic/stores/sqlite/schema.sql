@@ -43,12 +43,17 @@ CREATE TABLE stoic_projections (
     verified_missing  INTEGER NOT NULL DEFAULT 0,
     request           TEXT,
     request_position  INTEGER,
+    request_streams   TEXT,
     request_seq       INTEGER NOT NULL DEFAULT 0,
     requested_at      REAL,
     requested_by      TEXT,
     request_reason    TEXT,
     idempotent        INTEGER NOT NULL DEFAULT 0,
-    resettable        INTEGER NOT NULL DEFAULT 0
+    resettable        INTEGER NOT NULL DEFAULT 0,
+    drift_checked_at  REAL,
+    drift_checked     INTEGER NOT NULL DEFAULT 0,
+    drift_count       INTEGER NOT NULL DEFAULT 0,
+    drift_streams     TEXT
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future.

@@ -536,13 +536,15 @@ class SQLiteStore(StoreBase):
                 reason if paused else None, name)).rowcount == 1
 
     def request_rewind(
-        self, name: str, request: str, position: int, actor: str, reason: str | None
+        self, name: str, request: str, position: int, actor: str, reason: str | None,
+        streams: Sequence[str] | None = None,
     ) -> int | None:
         """Records a reset or replay for the holder to carry out; None if unknown."""
         conn = self._conn()
         with self.write_transaction(conn):
             row = conn.execute(Q["request_rewind"], {
                 "request": request, "position": position, "now": time.time(), "actor": actor,
+                "streams": json.dumps(list(streams)) if streams is not None else None,
                 "reason": reason, "name": name,
             }).fetchone()
         return None if row is None else int(row[0])
@@ -556,6 +558,8 @@ class SQLiteStore(StoreBase):
             for i in (6, 7, 8, 11, 13, 16, 20):
                 values[i] = _ts(values[i])
             values[23], values[24] = bool(values[23]), bool(values[24])
+            values[25] = _ts(values[25])
+            values[28] = tuple(json.loads(values[28])) if values[28] else ()
             details.append(ProjectionDetails(*values))
         return details
 
@@ -573,6 +577,12 @@ class SQLiteStore(StoreBase):
         conn = self._conn()
         with self.write_transaction(conn):
             conn.execute(Q["record_verification"], (time.time(), missing, name))
+
+    def record_drift(self, name: str, checked: int, drifted: Sequence[str]) -> None:
+        """Stores the result of a continuous reconciliation (up to 100 stream ids)."""
+        conn = self._conn()
+        with self.write_transaction(conn):
+            conn.execute(Q["record_drift"], (time.time(), checked, len(drifted), json.dumps(list(drifted)[:100]), name))
 
     def now(self) -> datetime:
         """The store's clock."""
@@ -727,6 +737,29 @@ class SQLiteSession:
     def read_events(self, positions: list[int]) -> list[RecordedEvent]:
         return [RecordedEvent(*r) for r in self._fetch(Q["read_at"], (json.dumps(positions),))]
 
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[Transaction]:
+        with self.store.guard(), translate_errors():
+            self.conn.execute("BEGIN")
+            try:
+                yield SQLiteTransaction(self.conn)
+            finally:
+                self.conn.execute("ROLLBACK")
+
+    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
+        rows = self._fetch(Q["stream_ids"], {
+            "upto": upto, "after": after, "types": json.dumps(list(types)) if types is not None else None,
+            "limit": limit})
+        return [r[0] for r in rows]
+
+    def stream_at(self, position: int) -> tuple[str, str] | None:
+        rows = self._fetch(Q["stream_at"], (position,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
+        return [failure_from_row(r) for r in self._fetch(Q["list_failures"], {
+            "projection": name, "status": None, "stream_id": stream_id, "limit": 10_000, "offset": 0})]
+
     def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
         return [RecordedEvent(*r) for r in self._fetch(Q["read_stream_range"], (stream_id, after, upto))]
 
@@ -746,8 +779,9 @@ class SQLiteSession:
         rows = self._fetch(Q["control"], (name,))
         if not rows:
             return ProjectionControl(paused=False)
-        paused, request, position, seq = rows[0]
-        return ProjectionControl(bool(paused), request, position, int(seq))
+        paused, request, position, seq, streams = rows[0]
+        return ProjectionControl(bool(paused), request, position, int(seq),
+                                 tuple(json.loads(streams)) if streams else ())
 
     def finish_request(self, name: str, seq: int, position: int, reset: bool) -> None:
         resolution = (Resolution.RESET if reset else Resolution.REPLAY).value

@@ -4,9 +4,15 @@
 ALTER TABLE stoic_projections
     ADD COLUMN request          TEXT,
     ADD COLUMN request_position BIGINT,
+    ADD COLUMN request_streams  JSONB,
     ADD COLUMN request_seq      BIGINT      NOT NULL DEFAULT 0,
     ADD COLUMN requested_at     TIMESTAMPTZ,
     ADD COLUMN requested_by     TEXT,
     ADD COLUMN request_reason   TEXT,
     ADD COLUMN idempotent       BOOLEAN     NOT NULL DEFAULT false,
-    ADD COLUMN resettable       BOOLEAN     NOT NULL DEFAULT false;
+    ADD COLUMN resettable       BOOLEAN     NOT NULL DEFAULT false,
+    -- The last continuous reconciliation: when, how many streams, which drifted.
+    ADD COLUMN drift_checked_at TIMESTAMPTZ,
+    ADD COLUMN drift_checked    INTEGER     NOT NULL DEFAULT 0,
+    ADD COLUMN drift_count      INTEGER     NOT NULL DEFAULT 0,
+    ADD COLUMN drift_streams    JSONB;

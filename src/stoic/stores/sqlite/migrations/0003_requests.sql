@@ -3,9 +3,16 @@
 
 ALTER TABLE stoic_projections ADD COLUMN request TEXT;
 ALTER TABLE stoic_projections ADD COLUMN request_position INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN request_streams TEXT;
 ALTER TABLE stoic_projections ADD COLUMN request_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stoic_projections ADD COLUMN requested_at REAL;
 ALTER TABLE stoic_projections ADD COLUMN requested_by TEXT;
 ALTER TABLE stoic_projections ADD COLUMN request_reason TEXT;
 ALTER TABLE stoic_projections ADD COLUMN idempotent INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stoic_projections ADD COLUMN resettable INTEGER NOT NULL DEFAULT 0;
+
+-- The last continuous reconciliation: when, how many streams, which drifted.
+ALTER TABLE stoic_projections ADD COLUMN drift_checked_at REAL;
+ALTER TABLE stoic_projections ADD COLUMN drift_checked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stoic_projections ADD COLUMN drift_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stoic_projections ADD COLUMN drift_streams TEXT;
