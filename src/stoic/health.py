@@ -30,6 +30,8 @@ from enum import Enum
 
 from stoic.store import FailureCount, FailureStatus, ProjectionDetails
 
+BUILD_SUFFIX = "@build"  #: the checkpoint row of a projection's next generation (see stoic.projection)
+
 
 class Status(str, Enum):
     """A projection's health, from best to most urgent."""
@@ -43,8 +45,8 @@ class Status(str, Enum):
     REBUILDING = "rebuilding"  #: a new version is being built (reserved for rebuilds)
 
 
-_RANK = {Status.HEALTHY: 0, Status.DEGRADED: 1, Status.STALLED: 2, Status.CRITICAL: 3,
-         Status.OFFLINE: 4, Status.REBUILDING: 5, Status.PAUSED: 6}
+_RANK = {Status.HEALTHY: 0, Status.REBUILDING: 1, Status.DEGRADED: 2, Status.STALLED: 3, Status.CRITICAL: 4,
+         Status.OFFLINE: 5, Status.PAUSED: 6}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,10 @@ def assess(
     thresholds: Thresholds = Thresholds(),
     halted_at: int | None = None,
     throughput: float | None = None,
+    build: ProjectionDetails | None = None,
 ) -> ProjectionHealth:
-    """Returns the health of one projection from what the store knows about it."""
+    """Returns the health of one projection from what the store knows about it
+    (``build``: the row of its next generation, while one is being built)."""
     mine = [c for c in counts if c.projection == details.name]
     by_status = {c.status.value: c.count for c in mine}
     parked_streams = sum(c.blocking for c in mine if c.status in (FailureStatus.RETRYING, FailureStatus.DEAD))
@@ -121,7 +125,20 @@ def assess(
         causes.append(Cause("paused", Status.PAUSED,
                             f"paused by {details.paused_by or 'an operator'} since "
                             f"{details.paused_at.isoformat(timespec='seconds')}{why}"))
-    if details.holder is None:
+    building = details.name.endswith(BUILD_SUFFIX)
+    if building:
+        share = f" ({100 * details.position // head}%)" if head else ""
+        causes.append(Cause("rebuilding", Status.REBUILDING,
+                            f"building generation {details.generation} (version {details.version}): "
+                            f"{details.position} of {head} events{share}"))
+        if details.build_note:
+            causes.append(Cause("switch_refused", Status.CRITICAL,
+                                f"the new generation failed verification: {details.build_note}"))
+    if details.holder is None and build is not None:
+        causes.append(Cause("serving_previous", Status.REBUILDING,
+                            f"reads are served by generation {details.generation} while generation "
+                            f"{build.generation} (version {build.version}) builds"))
+    elif details.holder is None:
         causes.append(Cause("no_holder", Status.OFFLINE, "no worker holds the lease"))
     elif not details.holder_alive:
         seen = details.holder_heartbeat_at
@@ -167,7 +184,7 @@ def assess(
         causes.append(Cause("parked_streams", Status.DEGRADED,
                             f"{parked_streams} stream{'s' if parked_streams != 1 else ''} parked behind a "
                             f"failure ({parked_events} events waiting)"))
-    if lag_events > thresholds.lag_events or lag_seconds > thresholds.lag_seconds:
+    if not building and (lag_events > thresholds.lag_events or lag_seconds > thresholds.lag_seconds):
         causes.append(Cause("lagging", Status.DEGRADED,
                             f"{lag_events} events behind; the oldest unprocessed is {lag_seconds:.0f} s old"))
 

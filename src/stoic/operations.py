@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from stoic.errors import ActionRefused, ConfigurationError, FailureNotFound, InvalidArgument, UnknownProjection
-from stoic.health import Cause, ProjectionHealth, Status, Thresholds, assess
+from stoic.health import BUILD_SUFFIX, Cause, ProjectionHealth, Status, Thresholds, assess
 from stoic.reconcile import Reconciler, ReconcileReport, reconcilable
 from stoic.store import (
     OPEN_STATUSES,
@@ -30,6 +30,7 @@ from stoic.store import (
     ProjectionDetails,
     Resolution,
     Store,
+    Transaction,
     WorkerInfo,
 )
 
@@ -131,14 +132,16 @@ class Operations:
         counts = self.store.failure_counts()
         results = []
         seen = set()
-        for details in self.store.projection_details():
+        everything = self.store.projection_details()
+        builds = {d.name.removesuffix(BUILD_SUFFIX): d for d in everything if d.name.endswith(BUILD_SUFFIX)}
+        for details in everything:
             seen.add(details.name)
             oldest = self.store.oldest_unprocessed(details.position) if details.position < head else None
             halted = [c.halted_at for c in counts if c.projection == details.name and c.halted_at is not None]
             results.append(assess(
                 details, head, oldest, counts, now, self.thresholds,
                 halted_at=min(halted) if halted else None,
-                throughput=self._throughput(details.name, details.events_processed)))
+                throughput=self._throughput(details.name, details.events_processed), build=builds.get(details.name)))
         for name in sorted((self._known or set()) - seen):
             results.append(ProjectionHealth(
                 name=name, status=Status.OFFLINE,
@@ -169,7 +172,7 @@ class Operations:
 
     def _check_projection(self, name: str) -> str:
         known = self._known if self._known is not None else {p.name for p in self.store.projections()}
-        if name not in known:
+        if name not in known and not (name.endswith(BUILD_SUFFIX) and name.removesuffix(BUILD_SUFFIX) in known):
             raise UnknownProjection(
                 f"no projection named {name!r} (known: {', '.join(sorted(known)) or 'none'})", name=name)
         return name
@@ -343,10 +346,10 @@ class Operations:
                 f"cannot replay {projection!r}: it is not declared idempotent (idempotent = True), so "
                 "applying its events twice could double-count; use reset to rebuild it from 0"))
         assert details is not None
-        if from_position > details.position:
-            raise InvalidArgument(
-                f"replay: from_position {from_position} is past the checkpoint {details.position}; "
-                "replay only goes back")
+        if from_position > details.position:  # refused (and audited), not invalid: the checkpoint moves
+            self._refuse("replay", projection, who, why, (
+                f"cannot replay {projection!r} from position {from_position}: it is past the checkpoint "
+                f"{details.position}; replay only goes back"))
         return self._request_rewind(projection, "replay", from_position, who, why)
 
     # -- reconciliation and per-stream rebuild ----------------------------------------------
@@ -367,6 +370,13 @@ class Operations:
             _stream(stream_id)
         session = self.store.open_session()
         try:
+            if code.versioned:
+                state = session.versioning(projection)
+                if state is None or state.generation is None:
+                    self._refuse("reconcile", projection, who, why,
+                                 f"cannot reconcile {projection!r}: no generation of its read model serves yet")
+                assert state is not None and state.generation is not None
+                code = code.bound(state.generation)
             report = Reconciler(session, code).run([stream_id] if stream_id is not None else None,
                                                    checks=stream_id is None)
         finally:
@@ -397,6 +407,72 @@ class Operations:
                 f"cannot rebuild streams of {projection!r}: it does not implement forget(stream_id, tx)"))
         unique = list(dict.fromkeys(stream_ids))
         return self._request_rewind(projection, "repair", details.position, who, why, unique)
+
+    # -- versioned read models: rebuild, rollback, drop the previous generation ------------
+
+    def rebuild(self, projection: str, actor: str, reason: str) -> RewindRequest:
+        """Asks for a new generation of a versioned projection's read model, built
+        beside the serving one and switched in atomically once it has caught up
+        and passed verification; reads are served by the old one meanwhile."""
+        who, why = _actor(actor), _reason(reason, True, "rebuild")
+        code = self._code(projection, "rebuild")
+        if not code.versioned:
+            self._refuse("rebuild", projection, who, why, (
+                f"cannot rebuild {projection!r} without downtime: it declares no tables (tables = (...)); "
+                "use reset to rebuild it in place"))
+        details = self._rewindable(projection, "rebuild", who, why)
+        return self._request_rewind(projection, "rebuild", details.position, who, why)
+
+    def rollback(self, projection: str, actor: str, reason: str) -> int:
+        """Points a versioned projection back at the generation the last switch
+        replaced (while its tables exist); returns that generation."""
+        who, why = _actor(actor), _reason(reason, True, "rollback")
+        code = self._code(projection, "rollback")
+        session = self.store.open_session()
+        try:
+            state = session.versioning(projection)
+            if state is None or state.previous_generation is None:
+                self._refuse("rollback", projection, who, why, (
+                    f"cannot roll back {projection!r}: there is no previous generation (no switch yet, or its "
+                    "tables were dropped)"))
+            assert state is not None and state.previous_generation is not None
+            previous = state.previous_generation
+
+            def back(tx: Transaction) -> None:
+                session.point_views(tx, code.physical_tables(previous))
+                session.rollback_version(tx, projection)
+
+            session.administer(back)
+        finally:
+            session.close()
+        self.store.record_audit(AuditRecord(who, "rollback", f"projection:{projection}", why,
+                                            f"ok: generation {previous} serves again", {"generation": previous}))
+        return previous
+
+    def drop_previous(self, projection: str, actor: str, reason: str | None = None) -> int:
+        """Drops the tables of the generation the last switch replaced (no rollback after this)."""
+        who, why = _actor(actor), _reason(reason, False, "drop-previous")
+        code = self._code(projection, "drop-previous")
+        session = self.store.open_session()
+        try:
+            state = session.versioning(projection)
+            if state is None or state.previous_generation is None:
+                self._refuse("drop-previous", projection, who, why,
+                             f"{projection!r} has no previous generation to drop")
+            assert state is not None and state.previous_generation is not None
+            previous = state.previous_generation
+            tables = list(code.physical_tables(previous).values())
+
+            def drop(tx: Transaction) -> None:
+                session.drop_tables(tx, tables)
+                session.forget_previous(tx, projection)
+
+            session.administer(drop)
+        finally:
+            session.close()
+        self.store.record_audit(AuditRecord(who, "drop-previous", f"projection:{projection}", why,
+                                            f"ok: dropped generation {previous}", {"tables": tables}))
+        return previous
 
     def _code(self, projection: str, action: str) -> Projection:
         self._check_projection(projection)

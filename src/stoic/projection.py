@@ -8,6 +8,7 @@ writes through ``tx`` is applied exactly once.
 
 from __future__ import annotations
 
+import copy as _copy
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, TypeVar
@@ -23,6 +24,7 @@ from stoic.failures import (
     RetrySchedule,
     parse_on_error,
 )
+from stoic.health import BUILD_SUFFIX
 from stoic.store import Transaction
 
 ALL: Final = "*"  #: pass to :func:`handles` to receive every event type
@@ -56,6 +58,9 @@ handles_all = handles(ALL)
 """Registers a method as the catch-all handler: ``@handles_all``."""
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+
+
 class Projection:
     """Base class of projections.
 
@@ -87,6 +92,12 @@ class Projection:
     batch_timeout: ClassVar[float] = 60.0
     classifier: ClassVar[Classifier | None] = None
     idempotent: ClassVar[bool] = False
+    version: ClassVar[int] = 1  #: bump it to rebuild the read model (into new tables) without read downtime
+    tables: ClassVar[tuple[str, ...]] = ()  #: the read model's tables; declaring them makes it versioned
+    verify_sample: ClassVar[int | None] = 1000  #: streams the switch gate reconciles (None: all)
+    retain_previous: ClassVar[float] = 3600.0  #: seconds the replaced generation's tables are kept
+    build_of: str | None = None  #: on a build copy: the projection it rebuilds
+    _generation: int | None = None
     reconcile_every: ClassVar[float | None] = None  #: seconds between continuous sample checks (None: off)
     reconcile_sample: ClassVar[int] = 20  #: streams per continuous check
     auto_repair: ClassVar[bool] = False  #: repair drifted streams found by the continuous check
@@ -107,6 +118,48 @@ class Projection:
                     local[event_type] = attr
             names.update(local)
         cls._handler_names = names
+        for table in cls.tables:
+            if not isinstance(table, str) or not _IDENTIFIER.match(table):
+                raise ConfigurationError(f"{cls.__name__}.tables: {table!r} is not a plain SQL identifier")
+        if not isinstance(cls.version, int) or isinstance(cls.version, bool) or cls.version < 1:
+            raise ConfigurationError(f"{cls.__name__}.version must be a positive integer")
+
+    # -- versioned read models: rebuild without read downtime ---------------------------
+
+    def table(self, logical: str) -> str:
+        """The physical table to write for a declared table: ``<name>_g<generation>``.
+        Readers query the logical name: a view that shows the serving generation."""
+        if logical not in self.tables:
+            raise ConfigurationError(f"{self.name}: {logical!r} is not in tables {self.tables!r}")
+        if self._generation is None:
+            raise ConfigurationError(f"{self.name}: table() is only known while a runner runs the projection")
+        return f"{logical}_g{self._generation}"
+
+    @property
+    def versioned(self) -> bool:
+        """True when the projection declares its tables (so it can be rebuilt side by side)."""
+        return bool(self.tables)
+
+    @property
+    def generation(self) -> int | None:
+        return self._generation
+
+    def bound(self, generation: int) -> Projection:
+        """This projection writing generation ``generation``'s tables."""
+        copy = _copy.copy(self)
+        copy._generation = generation
+        return copy
+
+    def builder(self) -> Projection:
+        """The copy that builds the next generation, under its own checkpoint ``<name>@build``."""
+        copy = _copy.copy(self)
+        copy.build_of = self.name
+        copy.name = f"{self.name}{BUILD_SUFFIX}"  # type: ignore[misc]
+        return copy
+
+    def physical_tables(self, generation: int) -> dict[str, str]:
+        """Each declared table and its physical table in a generation."""
+        return {logical: f"{logical}_g{generation}" for logical in self.tables}
 
     def setup(self, tx: Transaction) -> None:
         """Creates the read model's tables; must be idempotent (runs at every start)."""

@@ -54,6 +54,7 @@ log = logging.getLogger("stoic.runner")
 SUSPECT_BATCHES = 5  #: after a batch with failures, this many batches start with savepoints
 MAINTENANCE_INTERVAL_S = 0.5  #: how often a runner looks at its failures and pause flag, seconds
 RELEASES_PER_TX = 100  #: failures retried or released in one transaction
+SWITCH_RETRY_S = 30.0  #: how long a build waits after a refused switch before verifying again
 VERIFY_INTERVAL_S = 60.0  #: how often a runner runs the late-arrival self-check, seconds
 TRACEBACK_LIMIT = 20_000  #: characters of a traceback kept in a failure record
 
@@ -66,6 +67,7 @@ class StepResult:
     position: int  #: the checkpoint after the step
     wait: float = 0.0  #: seconds to wait (back-off, breaker cool-down, pause); 0 = go on
     idle: bool = False  #: caught up (or blocked): wait for new events
+    finished: bool = False  #: this runner's work is over (a build switched in)
 
 
 class _Rewind(Exception):
@@ -161,6 +163,9 @@ class ProjectionRunner:
         self._next_maintenance = 0.0
         self._suspect = 0  # batches left to run with savepoints from the start
         self._next_verify = time.monotonic() + VERIFY_INTERVAL_S
+        self.build_of = projection.build_of
+        self.inactive = False
+        self._next_switch_attempt = 0.0
         every = projection.reconcile_every
         self._next_reconcile = time.monotonic() + every if every and reconcilable(projection) else None
 
@@ -168,14 +173,27 @@ class ProjectionRunner:
 
     def acquire(self) -> bool:
         """Opens a session, takes the lease, runs ``setup`` and loads the failure
-        state; False if another live worker holds the projection."""
+        state; False if another live worker holds the projection, or if there is
+        nothing for this runner to do (``inactive``: a versioned projection whose
+        serving version is not this code's, or a build nobody asked for)."""
         session = self._session()
+        self.inactive = False
+        if self.projection.versioned and not self._versioned_runnable():
+            self.inactive = True
+            return False
         session.ensure_projection(
             self.name, idempotent=bool(self.projection.idempotent), resettable=self.projection.resettable)
         lease = session.claim(self.name, self.worker_id)
         if lease is None:
             return False
         try:
+            if self.projection.versioned:
+                bound = self._bind_generation(lease)
+                if bound is None:
+                    session.release(lease)
+                    self.inactive = True
+                    return False
+                lease = bound
             session.run_setup(self.name, self.projection.setup)
         except BaseException:
             # No batch may run on a read model whose setup failed: give the lease back.
@@ -192,6 +210,149 @@ class ProjectionRunner:
             "action": "lease_acquired", "projection": self.name, "worker": self.worker_id,
             "epoch": lease.epoch, "position": lease.position})
         return True
+
+    # -- versioned read models -----------------------------------------------------------
+
+    def _versioned_runnable(self) -> bool:
+        """Whether this runner has work: the main runner when the serving version is
+        this code's (or nothing serves yet); the build runner when the serving
+        version differs or an operator asked for a rebuild."""
+        session = self._session()
+        version = self.projection.version
+        if self.build_of is None:
+            state = session.versioning(self.name)
+            return state is None or (state.generation is None and state.position == 0) or state.version == version
+        main = session.versioning(self.build_of)
+        if main is None:
+            return False
+        if main.generation is None:
+            return main.position > 0  # a read model from before it was versioned: build generation 1
+        rebuild = session.control(self.build_of).request == "rebuild"
+        return main.version != version or rebuild
+
+    def _bind_generation(self, lease: Lease) -> Lease | None:
+        """Under the lease: picks the generation this runner writes (starting a
+        build over when it is stale); returns the lease (its position may have
+        moved to 0), or None when there is nothing to do."""
+        session = self._session()
+        state = session.versioning(self.name)
+        assert state is not None
+        version = self.projection.version
+        if self.build_of is None:
+            if state.generation is None:
+                if state.position > 0:
+                    return None
+                # First run: generation 1, and the views that readers query.
+                first = self.projection.bound(1)
+
+                def activate(tx: Transaction) -> None:
+                    first.setup(tx)
+                    session.point_views(tx, first.physical_tables(1))
+                    session.set_version(tx, self.name, version, 1)
+
+                session.fenced(lease, activate)
+                state = session.versioning(self.name)
+                assert state is not None
+            if state.version != version:
+                return None
+            self._use(self.projection.bound(state.generation or 1))
+            return lease
+        if not self._versioned_runnable():
+            return None
+        main = session.versioning(self.build_of)
+        assert main is not None
+        if state.generation is None or state.version != version or state.generation <= (main.generation or 0):
+            generation = max(main.generation or 0, main.previous_generation or 0, state.generation or 0) + 1
+            target = self.projection.bound(generation)
+
+            def restart(tx: Transaction) -> None:
+                session.drop_tables(tx, list(target.physical_tables(generation).values()))
+                session.restart_build(tx, self.name, version, generation)
+
+            session.fenced(lease, restart)
+            lease = Lease(lease.projection, lease.worker_id, lease.epoch, 0)
+            log.warning("building generation %d of %s (version %d)", generation, self.build_of, version, extra={
+                "action": "build_started", "projection": self.build_of, "generation": generation,
+                "version": version})
+            self._use(target)
+        else:
+            self._use(self.projection.bound(state.generation))
+        return lease
+
+    def _use(self, projection: Projection) -> None:
+        """Runs this (generation-bound) copy of the projection from now on."""
+        self.projection = projection
+        self._handlers, self._catch_all = projection.handlers()
+
+    def _try_switch(self) -> StepResult:
+        """A caught-up build: run the verification gate, then switch the views and
+        the serving checkpoint to the new generation in one fenced transaction."""
+        assert self.build_of is not None
+        now = time.monotonic()
+        if now < self._next_switch_attempt:
+            return StepResult(0, self.position, idle=True)
+        self._next_switch_attempt = now + SWITCH_RETRY_S
+        session = self._session()
+        refusal = self._verify_build()
+        if refusal is not None:
+            session.record_build_note(self.name, refusal)
+            log.error("switch to the new generation refused: %s", refusal, extra={
+                "action": "switch_refused", "projection": self.build_of})
+            return StepResult(0, self.position, idle=True)
+        main, generation = self.build_of, self.projection.generation
+        assert generation is not None
+
+        def switch(tx: Transaction) -> None:
+            session.point_views(tx, self.projection.physical_tables(generation))
+            session.switch_version(tx, main, self.name)
+
+        session.fenced(self._lease(), switch)
+        self.store.record_audit(AuditRecord(
+            f"worker:{self.worker_id}", "switch", f"projection:{main}", None,
+            f"done: generation {generation} (version {self.projection.version}) serves from position "
+            f"{self.position}", {"generation": generation, "position": self.position}))
+        log.warning("switched %s to generation %d at position %d", main, generation, self.position, extra={
+            "action": "switched", "projection": main, "generation": generation, "position": self.position})
+        self.lease = None
+        return StepResult(0, self.position, idle=True, finished=True)
+
+    def _verify_build(self) -> str | None:
+        """The gate before a switch: reconciles the new generation (a sample, or all
+        streams) and runs its global checks; returns why it fails, or None."""
+        if not reconcilable(self.projection):
+            return None
+        reconciler = Reconciler(self._session(), self.projection)
+        sample = self.projection.verify_sample
+        streams = None if sample is None else reconciler.sample(sample)
+        report = reconciler.run(streams, checks=True)
+        if report.ok:
+            return None
+        failed = [c for c in report.checks if not c.ok]
+        parts = []
+        if report.mismatched_streams:
+            first = report.mismatches[0]
+            parts.append(f"{len(report.mismatched_streams)} of {report.checked} streams differ from their events "
+                         f"(e.g. {first.stream_id}: {first.field} expected {first.expected!r}, got {first.actual!r})")
+        parts.extend(f"check {c.name} failed: {c.detail}" for c in failed)
+        return "; ".join(parts)[:2000]
+
+    def drop_previous_when_due(self) -> None:
+        """Drops the replaced generation's tables once ``retain_previous`` has passed."""
+        session = self._session()
+        state = session.versioning(self.name)
+        if state is None or state.previous_generation is None or state.switched_at is None:
+            return
+        if (_now() - state.switched_at).total_seconds() < self.projection.retain_previous:
+            return
+        old = list(self.projection.physical_tables(state.previous_generation).values())
+
+        def drop(tx: Transaction) -> None:
+            session.drop_tables(tx, old)
+            session.forget_previous(tx, self.name)
+
+        session.fenced(self._lease(), drop)
+        log.info("dropped the tables of generation %d", state.previous_generation, extra={
+            "action": "previous_dropped", "projection": self.name, "tables": old})
 
     @property
     def breaker_state(self) -> str:
@@ -258,8 +419,9 @@ class ProjectionRunner:
             if control.request is not None and not self._paused:
                 if control.request == "repair":
                     self._repair(control)
-                else:
+                elif control.request in ("reset", "replay"):
                     self._rewind(control)
+                # "rebuild" is the build runner's to carry out
             if self._next_reconcile is not None and now >= self._next_reconcile and not self._paused:
                 self._next_reconcile = now + float(self.projection.reconcile_every or 0)
                 self.reconcile_sample()
@@ -268,6 +430,8 @@ class ProjectionRunner:
             if now >= self._next_verify:
                 self._next_verify = now + VERIFY_INTERVAL_S
                 self.verify()
+                if self.projection.versioned and self.build_of is None:
+                    self.drop_previous_when_due()
         if self._paused:
             return StepResult(0, self.position, wait=MAINTENANCE_INTERVAL_S, idle=True)
         if self._breaker_state == "open":
@@ -277,7 +441,10 @@ class ProjectionRunner:
             self._set_breaker("half_open", self._transient_streak, "half-open: probing with one batch")
         if self._halted is not None:
             return StepResult(0, self.position, wait=MAINTENANCE_INTERVAL_S, idle=True)
-        return self._guarded(self._run_batch)
+        result = self._guarded(self._run_batch)
+        if self.build_of is not None and result.idle and not result.wait:
+            return self._try_switch()
+        return result
 
     def _guarded(self, work: Callable[[], StepResult]) -> StepResult:
         """Runs work; turns a transient failure into back-off or an open breaker."""

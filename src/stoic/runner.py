@@ -77,9 +77,10 @@ class Runner:
         self.app = app
         self.worker_id = worker_id or new_worker_id()
         selected = list(projections) if projections is not None else None
-        self.projections = (
-            [app.projection(name) for name in selected] if selected is not None else app.projections
-        )
+        chosen = [app.projection(name) for name in selected] if selected is not None else app.projections
+        # A versioned projection also gets a build unit (``<name>@build``): idle until its
+        # version changes or an operator asks for a rebuild. Builds run first.
+        self.projections = [p.builder() for p in chosen if p.versioned] + list(chosen)
         self.lease_ttl = lease_ttl
         self.claim_interval = claim_interval
         self.batch_size = batch_size
@@ -148,6 +149,8 @@ class Runner:
                 runner = self._runner(projection)
                 try:
                     self._acquire_blocking(runner, deadline)
+                    if runner.inactive:
+                        continue  # nothing to build, or another version serves
                     positions[runner.name] = self._drain(runner, deadline)
                 finally:
                     runner.release()
@@ -160,7 +163,7 @@ class Runner:
         attempt = 0
         while True:
             try:
-                if runner.acquire():
+                if runner.acquire() or runner.inactive:
                     return
             except TransientError:
                 runner.reconnect()
@@ -195,7 +198,7 @@ class Runner:
                 raise CircuitOpen(
                     f"projection {runner.name!r}: circuit breaker opened after "
                     f"{runner.transient_streak} transient errors in a row", projection=runner.name)
-            if result.idle:
+            if result.idle or result.finished:
                 return runner.position
             if result.wait:
                 if deadline is not None and time.monotonic() + result.wait > deadline:
@@ -308,6 +311,8 @@ class Runner:
                         acquired.set()
                     result = runner.step()
                     failures = 0
+                    if result.finished:
+                        return
                     if result.wait:
                         self._stop.wait(result.wait)
                     elif result.idle:

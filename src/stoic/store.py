@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from stoic.errors import ConfigurationError
 from stoic.events import ANY, AppendResult, Expected, NewEvent, RecordedEvent
@@ -118,6 +118,7 @@ class Resolution(str, Enum):
     POLICY_SKIP = "policy_skip"  #: the projection's on_error="skip" policy skipped it
     RESET = "reset"  #: an operator reset the projection; its event is processed again
     REPLAY = "replay"  #: an operator replayed from before the event; it is processed again
+    REBUILT = "rebuilt"  #: a new version of the read model replaced the one that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,26 @@ class ProjectionDetails:
     drift_checked: int = 0  #: streams it compared
     drift_count: int = 0  #: streams whose read model differed from their events
     drift_streams: tuple[str, ...] = ()  #: their ids (up to 100)
+    version: int | None = None  #: versioned read models: the code version the serving generation has
+    generation: int | None = None  #: the generation whose tables the views show (or a build writes)
+    previous_generation: int | None = None  #: kept for a rollback until dropped
+    switched_at: datetime | None = None
+    build_note: str | None = None  #: why a build's switch was refused
+
+
+@dataclass(frozen=True, slots=True)
+class Versioning:
+    """Which generation of a versioned read model a projection row serves (or builds)."""
+
+    version: int | None  #: the projection code's ``version`` the generation was built with
+    generation: int | None  #: the generation whose tables (``<table>_g<generation>``) it writes
+    previous_version: int | None  #: the generation the last switch replaced (for a rollback)
+    previous_generation: int | None
+    previous_position: int | None
+    switched_at: datetime | None
+    build_note: str | None  #: why the last switch was refused
+    position: int
+    events_processed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +296,9 @@ class AuditRecord:
     reason: str | None
     outcome: str
     details: dict[str, Any] | None = None
+
+
+T = TypeVar("T")
 
 
 class StoreSession(Protocol):
@@ -359,6 +383,43 @@ class StoreSession(Protocol):
 
     def control(self, name: str) -> ProjectionControl:
         """Returns the pause flag and any pending reset/replay/repair request."""
+
+    def versioning(self, name: str) -> Versioning | None:
+        """The row's versioned read-model state; None if the row does not exist."""
+
+    def fenced(self, lease: Lease, work: Callable[[Transaction], T]) -> T:
+        """Runs ``work`` in a write transaction that holds only while ``lease`` does."""
+
+    def administer(self, work: Callable[[Transaction], T]) -> T:
+        """Runs ``work`` in a write transaction without a lease: for operator changes
+        that fence the holder out themselves (epoch + 1)."""
+
+    def point_views(self, tx: Transaction, views: dict[str, str]) -> None:
+        """Inside a transaction: makes each view (logical name) show the table given;
+        a plain table of that name is renamed ``<name>_g0`` first."""
+
+    def drop_tables(self, tx: Transaction, tables: Sequence[str]) -> None:
+        """Inside a transaction: drops the tables if they exist."""
+
+    def set_version(self, tx: Transaction, name: str, version: int, generation: int) -> None:
+        """Inside a transaction: records the version and generation a row serves."""
+
+    def restart_build(self, tx: Transaction, name: str, version: int, generation: int) -> None:
+        """Inside a transaction: starts a build row over (position 0, no failures)."""
+
+    def switch_version(self, tx: Transaction, main: str, build: str) -> None:
+        """Inside a transaction: the main row takes the build's generation and
+        checkpoint (keeping the old for a rollback), adopts its failures, fences
+        out the main row's holder; the build row is deleted."""
+
+    def rollback_version(self, tx: Transaction, name: str) -> bool:
+        """Inside a transaction: back to the previous generation; False if none."""
+
+    def forget_previous(self, tx: Transaction, name: str) -> None:
+        """Inside a transaction: the previous generation is gone (its tables dropped)."""
+
+    def record_build_note(self, name: str, note: str | None) -> None:
+        """Records why a build's switch was refused (None: clears it)."""
 
     def read_snapshot(self) -> contextlib.AbstractContextManager[Transaction]:
         """A read-only transaction that sees one consistent state (checkpoint,

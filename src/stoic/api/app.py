@@ -32,6 +32,7 @@ from stoic.errors import (
     TransientError,
     UnknownProjection,
 )
+from stoic.health import ProjectionHealth
 from stoic.operations import MAX_REASON_CHARS, Operations
 from stoic.projection import App
 from stoic.store import FailureStatus, Store
@@ -105,6 +106,11 @@ class FailurePage(BaseModel):
 class PauseView(BaseModel):
     projection: str
     paused: bool
+
+
+class GenerationView(BaseModel):
+    projection: str
+    generation: int
 
 
 class RetryAllView(BaseModel):
@@ -218,13 +224,14 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
 
     @api.get("/health/projections", tags=["health"], dependencies=read,
              response_model=list[ProjectionHealthView])
-    def projections_health() -> list[ProjectionHealthView]:
+    def projections_health(request: Request) -> list[ProjectionHealthView]:
         """Every projection's status, causes, lag and failures."""
-        return [ProjectionHealthView.of(h) for h in ops.health()]
+        detailed = is_admin(request, settings)
+        return [_health(h, detailed) for h in ops.health()]
 
     @api.get("/health/projections/{name}", tags=["health"], dependencies=read, response_model=ProjectionHealthView)
-    def projection_health(name: ProjectionName) -> ProjectionHealthView:
-        return ProjectionHealthView.of(ops.projection_health(name))
+    def projection_health(request: Request, name: ProjectionName) -> ProjectionHealthView:
+        return _health(ops.projection_health(name), is_admin(request, settings))
 
     @api.get("/health/projections/{name}/checkpoint", tags=["health"], dependencies=read,
              response_model=CheckpointView)
@@ -336,6 +343,23 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
         """Rebuilds some streams on their own: their rows removed, their events applied again."""
         return RewindView.of(ops.rebuild_streams(name, body.streams, who.actor, body.reason))
 
+    @api.post("/admin/projections/{name}/rebuild", tags=["admin"], response_model=RewindView, status_code=202)
+    def rebuild(who: AdminDep, name: ProjectionName, body: RequiredReason) -> RewindView:
+        """Builds a new generation of a versioned read model beside the serving one; it
+        switches in atomically once caught up and verified."""
+        return RewindView.of(ops.rebuild(name, who.actor, body.reason))
+
+    @api.post("/admin/projections/{name}/rollback", tags=["admin"], response_model=GenerationView)
+    def rollback(who: AdminDep, name: ProjectionName, body: RequiredReason) -> GenerationView:
+        """Serves the generation the last switch replaced again (while its tables exist)."""
+        return GenerationView(projection=name, generation=ops.rollback(name, who.actor, body.reason))
+
+    @api.post("/admin/projections/{name}/drop-previous", tags=["admin"], response_model=GenerationView)
+    def drop_previous(who: AdminDep, name: ProjectionName, body: Reason | None = None) -> GenerationView:
+        """Drops the tables of the generation the last switch replaced."""
+        return GenerationView(projection=name,
+                              generation=ops.drop_previous(name, who.actor, body.reason if body else None))
+
     # -- dashboard ----------------------------------------------------------------------------
 
     @api.get("/", include_in_schema=False, response_class=HTMLResponse)
@@ -346,6 +370,24 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
         return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
     return api
+
+
+# Causes whose sentence may carry data: the error that opened the breaker (a driver's
+# message can name hosts, users, even passwords) and an operator's name and reason.
+# Open readers get the code's fixed sentence; admins the whole one.
+_OPEN_CAUSES = {
+    "breaker_open": "circuit breaker open: a dependency keeps failing (admins see the last error)",
+    "paused": "paused by an operator (admins see who and why)",
+}
+
+
+def _health(health: ProjectionHealth, detailed: bool) -> ProjectionHealthView:
+    view = ProjectionHealthView.of(health)
+    if detailed:
+        return view
+    causes = [c.model_copy(update={"message": _OPEN_CAUSES[c.code]}) if c.code in _OPEN_CAUSES else c
+              for c in view.causes]
+    return view.model_copy(update={"causes": causes})
 
 
 def _page(failures: list[Any], limit: int, offset: int, detailed: bool) -> FailurePage:

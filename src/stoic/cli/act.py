@@ -169,7 +169,7 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
             err_console.print(f"[yellow]no live worker holds {name}:[/] the {request.action} runs when a worker "
                               "takes it (or pass --app to run it here)", highlight=False)
             return
-        _run_here(ops, name, runner_errors)
+        run_here(ops, name, runner_errors)
     deadline = None if timeout is None else time.monotonic() + timeout
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -195,7 +195,7 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
                       + (f" ({total / elapsed:,.0f} events/s)" if elapsed > 0 and total else ""), highlight=False)
 
 
-def _run_here(ops: Operations, name: str, errors: list[BaseException]) -> None:
+def run_here(ops: Operations, name: str, errors: list[BaseException]) -> None:
     """Runs one projection to the head in a background thread of this command."""
     assert ops.app is not None
     runner = Runner(ops.store, ops.app, projections=[name])

@@ -3,12 +3,14 @@ its events, and rebuild streams that do not."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stoic.cli.act import ProjectionArg, TimeoutOption, WaitOption, follow
+from stoic.cli.act import ProjectionArg, RateColumn, TimeoutOption, WaitOption, follow, run_here
 from stoic.cli.common import (
     EXIT_ERROR,
     ActorOption,
@@ -19,9 +21,13 @@ from stoic.cli.common import (
     app,
     console,
     default_actor,
+    err_console,
+    fail,
     operations,
     print_json,
 )
+from stoic.errors import ActionRefused, OperationTimeout
+from stoic.operations import Operations
 from stoic.views import ReconcileView, RewindView
 
 
@@ -87,3 +93,79 @@ def rebuild_stream(
             console.print(f"rebuild of {len(request.streams)} streams of {projection} requested", highlight=False)
         if wait:
             follow(ops, request, app_ref, timeout, quiet=as_json)
+
+
+RequiredReason = Annotated[str, typer.Option("--reason", "-r", help="Why, for the audit log (required).")]
+
+
+@app.command()
+def rebuild(
+    projection: ProjectionArg,
+    reason: RequiredReason,
+    app_ref: AppOption = None,
+    db: DbOption = None,
+    actor: ActorOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = None,
+) -> None:
+    """Build a new generation of a versioned read model beside the serving one.
+
+    Reads stay on the serving generation until the new one has caught up and
+    passed verification; then both switch atomically. A deploy with a higher
+    ``version`` starts the same build on its own.
+    """
+    with operations(db, app_ref) as ops:
+        ops.rebuild(projection, default_actor(actor), reason)
+        console.print(f"rebuild of {projection} requested: a worker builds the new generation", highlight=False)
+        if wait:
+            follow_build(ops, projection, timeout)
+
+
+@app.command()
+def rollback(projection: ProjectionArg, reason: RequiredReason, app_ref: AppOption = None, db: DbOption = None,
+             actor: ActorOption = None) -> None:
+    """Serve the generation the last switch replaced again (while its tables exist)."""
+    with operations(db, app_ref) as ops:
+        generation = ops.rollback(projection, default_actor(actor), reason)
+    console.print(f"{projection}: generation {generation} serves again", highlight=False)
+
+
+@app.command("drop-previous")
+def drop_previous(projection: ProjectionArg, app_ref: AppOption = None, db: DbOption = None,
+                  reason: ReasonOption = None, actor: ActorOption = None) -> None:
+    """Drop the tables of the generation the last switch replaced (no rollback after this)."""
+    with operations(db, app_ref) as ops:
+        generation = ops.drop_previous(projection, default_actor(actor), reason)
+    console.print(f"{projection}: dropped the tables of generation {generation}", highlight=False)
+
+
+def follow_build(ops: Operations, projection: str, timeout: float | None) -> None:
+    """A progress bar over the build row until the switch (or the timeout)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    build = f"{projection}@build"
+    errors: list[BaseException] = []
+    if not any(w.alive for w in ops.store.workers()):
+        if ops.app is None:
+            err_console.print("[yellow]no live worker:[/] the build starts when a worker runs (or pass --app to "
+                              "run it here)", highlight=False)
+            return
+        run_here(ops, projection, errors)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                  TimeRemainingColumn(), console=err_console) as progress:
+        task = progress.add_task(f"rebuild {projection}", total=max(1, ops.store.head()))
+        while True:
+            rows = {d.name: d for d in ops.store.projection_details()}
+            head = ops.store.head()
+            if build in rows:
+                progress.update(task, completed=rows[build].position, total=max(1, head))
+                if rows[build].build_note:
+                    raise fail(ActionRefused(f"the switch was refused: {rows[build].build_note}"))
+            elif projection in rows and rows[projection].request != "rebuild":
+                progress.update(task, completed=head, total=max(1, head))
+                break
+            if errors:
+                raise fail(errors[0])
+            if deadline is not None and time.monotonic() > deadline:
+                raise fail(OperationTimeout(f"gave up following after {timeout} s; the build goes on"))
+            time.sleep(0.3)
+    console.print(f"{projection}: the new generation serves", highlight=False)

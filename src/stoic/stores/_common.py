@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Self
 
@@ -37,7 +38,7 @@ from stoic.events import (
     validate_stream_id,
 )
 from stoic.metrics import APPENDED_EVENTS, APPENDS
-from stoic.store import AppendItem
+from stoic.store import AppendItem, Lease, T, Transaction, Versioning
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 
@@ -381,3 +382,93 @@ class StoreBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote(identifier: str) -> str:
+    """A table or view name for DDL; only plain identifiers are accepted."""
+    if not IDENTIFIER.match(identifier):
+        raise ConfigurationError(f"not a plain SQL identifier: {identifier!r}")
+    return f'"{identifier}"'
+
+
+class SessionVersioning:
+    """The versioned-read-model calls of a session, the same on both backends:
+    their SQL is in each backend's queries, the DDL is standard. A session
+    provides ``Q``, ``conn``, ``fence``, ``_write()`` (a write transaction on
+    its connection) and ``_handle()`` (the Transaction over it)."""
+
+    Q: dict[str, str]
+    conn: Any
+
+    def fence(self, lease: Lease) -> None:
+        raise NotImplementedError
+
+    def _write(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _handle(self) -> Transaction:
+        raise NotImplementedError
+
+    def _fetch(self, query: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _ts(self, value: Any) -> datetime | None:
+        return value if value is None or isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
+
+    def versioning(self, name: str) -> Versioning | None:
+        rows = self._fetch(self.Q["versioning"], (name,))
+        if not rows:
+            return None
+        values = list(rows[0])
+        values[5] = self._ts(values[5])
+        return Versioning(*values)
+
+    def fenced(self, lease: Lease, work: Callable[[Transaction], T]) -> T:
+        with self._write():
+            self.fence(lease)
+            return work(self._handle())
+
+    def administer(self, work: Callable[[Transaction], T]) -> T:
+        with self._write():
+            return work(self._handle())
+
+    def point_views(self, tx: Transaction, views: dict[str, str]) -> None:
+        for logical, physical in views.items():
+            kind = self.conn.execute(self.Q["relation_kind"], (logical,)).fetchone()
+            if kind is not None and kind[0] == "table":
+                tx.execute(f"ALTER TABLE {quote(logical)} RENAME TO {quote(logical + '_g0')}")
+            elif kind is not None:
+                tx.execute(f"DROP VIEW {quote(logical)}")
+            tx.execute(f"CREATE VIEW {quote(logical)} AS SELECT * FROM {quote(physical)}")
+
+    def drop_tables(self, tx: Transaction, tables: Sequence[str]) -> None:
+        for table in tables:
+            tx.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+
+    def set_version(self, tx: Transaction, name: str, version: int, generation: int) -> None:
+        self.conn.execute(self.Q["set_version"], {"name": name, "version": version, "generation": generation})
+
+    def restart_build(self, tx: Transaction, name: str, version: int, generation: int) -> None:
+        self.conn.execute(self.Q["restart_build"], {"name": name, "version": version, "generation": generation})
+        self.conn.execute(self.Q["delete_failures"], (name,))
+
+    def switch_version(self, tx: Transaction, main: str, build: str) -> None:
+        names = {"main": main, "build": build, "now": time.time()}
+        self.conn.execute(self.Q["switch_version"], names)
+        self.conn.execute(self.Q["supersede_failures"], names)
+        self.conn.execute(self.Q["close_superseded_failures"], names)
+        self.conn.execute(self.Q["adopt_failures"], names)
+        self.conn.execute(self.Q["delete_projection"], (build,))
+
+    def rollback_version(self, tx: Transaction, name: str) -> bool:
+        return self.conn.execute(self.Q["rollback_version"], {"name": name, "now": time.time()}).rowcount == 1
+
+    def forget_previous(self, tx: Transaction, name: str) -> None:
+        self.conn.execute(self.Q["forget_previous"], (name,))
+
+    def record_build_note(self, name: str, note: str | None) -> None:
+        with self._write():
+            self.conn.execute(self.Q["build_note"], (note, name))

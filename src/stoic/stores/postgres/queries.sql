@@ -314,7 +314,7 @@ SELECT p.name, p.position, p.events_processed, p.holder, coalesce(w.expires_at >
        p.breaker_opened_at, p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason,
        p.verified_at, p.verified_missing, p.request, p.request_position, p.requested_at, p.requested_by,
        p.request_reason, p.idempotent, p.resettable, p.drift_checked_at, p.drift_checked, p.drift_count,
-       p.drift_streams
+       p.drift_streams, p.version, p.generation, p.previous_generation, p.switched_at, p.build_note
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -342,3 +342,74 @@ ORDER BY stream_id LIMIT %(limit)s;
 -- name: stream_at
 -- The stream of the event at a position (for sampling streams by random positions).
 SELECT stream_id, type FROM stoic_events WHERE position = %s;
+
+-- name: versioning
+-- A projection row's read-model generation, the previous one and a build's note.
+SELECT version, generation, previous_version, previous_generation, previous_position, switched_at, build_note,
+       position, events_processed
+FROM stoic_projections WHERE name = %s;
+
+-- name: set_version
+-- Records which version and generation a row serves (first activation).
+UPDATE stoic_projections SET version = %(version)s, generation = %(generation)s WHERE name = %(name)s;
+
+-- name: restart_build
+-- Starts a build row over for a new generation: from position 0, with no failures.
+UPDATE stoic_projections SET version = %(version)s, generation = %(generation)s, position = 0,
+    events_processed = 0, build_note = NULL, breaker_state = 'closed', breaker_failures = 0,
+    breaker_opened_at = NULL, breaker_reason = NULL, request = NULL, request_position = NULL, request_streams = NULL
+WHERE name = %(name)s;
+
+-- name: delete_failures
+-- Removes a row's failure records (a build that starts over).
+DELETE FROM stoic_failures WHERE projection = %s;
+
+-- name: switch_version
+-- The atomic switch: the main row takes the build's version, generation and checkpoint; the
+-- old ones are kept for a rollback; the current holder is fenced out (epoch + 1).
+UPDATE stoic_projections m SET
+    previous_version = m.version, previous_generation = m.generation, previous_position = m.position,
+    version = b.version, generation = b.generation, position = b.position,
+    events_processed = b.events_processed, switched_at = now(), epoch = m.epoch + 1, holder = NULL,
+    breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL,
+    request = CASE WHEN m.request = 'rebuild' THEN NULL ELSE m.request END, build_note = NULL
+FROM stoic_projections b
+WHERE m.name = %(main)s AND b.name = %(build)s;
+
+-- name: supersede_failures
+-- The old generation's failures: those the build hit again are replaced by the build's record,
+-- the other open ones are closed (the old read model no longer serves).
+DELETE FROM stoic_failures WHERE projection = %(main)s
+  AND event_id IN (SELECT event_id FROM stoic_failures WHERE projection = %(build)s);
+
+-- name: close_superseded_failures
+UPDATE stoic_failures SET blocking = false, next_retry_at = NULL, retry_requested = false, updated_at = now(),
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN 'rebuilt' ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END
+WHERE projection = %(main)s AND blocking;
+
+-- name: adopt_failures
+UPDATE stoic_failures SET projection = %(main)s WHERE projection = %(build)s;
+
+-- name: delete_projection
+DELETE FROM stoic_projections WHERE name = %s;
+
+-- name: rollback_version
+-- Back to the previous generation (its tables still exist); the holder is fenced out.
+UPDATE stoic_projections SET version = previous_version, generation = previous_generation,
+    position = previous_position, previous_version = NULL, previous_generation = NULL,
+    previous_position = NULL, switched_at = now(), epoch = epoch + 1, holder = NULL
+WHERE name = %(name)s AND previous_generation IS NOT NULL;
+
+-- name: forget_previous
+UPDATE stoic_projections SET previous_version = NULL, previous_generation = NULL, previous_position = NULL
+WHERE name = %s;
+
+-- name: build_note
+UPDATE stoic_projections SET build_note = %s WHERE name = %s;
+
+-- name: relation_kind
+-- Whether a name is a table or a view in this schema ('table', 'view' or nothing).
+SELECT CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = %s AND c.relkind IN ('r', 'v', 'p');

@@ -54,7 +54,14 @@ CREATE TABLE stoic_projections (
     drift_checked_at  TIMESTAMPTZ,
     drift_checked     INTEGER     NOT NULL DEFAULT 0,
     drift_count       INTEGER     NOT NULL DEFAULT 0,
-    drift_streams     JSONB
+    drift_streams     JSONB,
+    version             INTEGER,
+    generation          INTEGER,
+    previous_version    INTEGER,
+    previous_generation INTEGER,
+    previous_position   BIGINT,
+    switched_at         TIMESTAMPTZ,
+    build_note          TEXT
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future

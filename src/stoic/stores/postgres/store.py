@@ -69,6 +69,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    SessionVersioning,
     StoreBase,
     Watchdog,
     _positive_int,
@@ -590,7 +591,8 @@ class PostgresStore(StoreBase):
 
     def projection_details(self) -> list[ProjectionDetails]:
         """Returns everything known about every projection."""
-        return [ProjectionDetails(*row[:-1], tuple(row[-1] or ())) for row in self._read(Q["projection_details"])]
+        return [ProjectionDetails(*row[:28], tuple(row[28] or ()), *row[29:])
+                for row in self._read(Q["projection_details"])]
 
     def oldest_unprocessed(self, position: int) -> datetime | None:
         """When the first event after ``position`` was recorded (None: none yet)."""
@@ -626,8 +628,18 @@ class PostgresStore(StoreBase):
         return f"PostgresStore(schema={self.schema!r})"
 
 
-class PostgresSession:
+class PostgresSession(SessionVersioning):
     """One projection runner's connection: autocommit, with explicit batch transactions."""
+
+    Q = Q
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        with translate_errors(), self.conn.transaction():
+            yield
+
+    def _handle(self) -> Transaction:
+        return PostgresTransaction(self.conn)
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store

@@ -256,7 +256,8 @@ SELECT p.name, p.position, p.events_processed, p.holder,
        p.held_since, w.heartbeat_at, p.breaker_state, p.breaker_failures, p.breaker_opened_at,
        p.breaker_reason, p.paused_at, p.paused_by, p.paused_reason, p.verified_at, p.verified_missing,
        p.request, p.request_position, p.requested_at, p.requested_by, p.request_reason, p.idempotent,
-       p.resettable, p.drift_checked_at, p.drift_checked, p.drift_count, p.drift_streams
+       p.resettable, p.drift_checked_at, p.drift_checked, p.drift_count, p.drift_streams, p.version, p.generation,
+       p.previous_generation, p.switched_at, p.build_note
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -284,3 +285,74 @@ ORDER BY stream_id LIMIT :limit;
 -- name: stream_at
 -- The stream of the event at a position (for sampling streams by random positions).
 SELECT stream_id, type FROM stoic_events WHERE position = ?;
+
+-- name: versioning
+-- A projection row's read-model generation, the previous one and a build's note.
+SELECT version, generation, previous_version, previous_generation, previous_position, switched_at, build_note,
+       position, events_processed
+FROM stoic_projections WHERE name = ?;
+
+-- name: set_version
+-- Records which version and generation a row serves (first activation).
+UPDATE stoic_projections SET version = :version, generation = :generation WHERE name = :name;
+
+-- name: restart_build
+-- Starts a build row over for a new generation: from position 0, with no failures.
+UPDATE stoic_projections SET version = :version, generation = :generation, position = 0, events_processed = 0,
+    build_note = NULL, breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL,
+    breaker_reason = NULL, request = NULL, request_position = NULL, request_streams = NULL
+WHERE name = :name;
+
+-- name: delete_failures
+-- Removes a row's failure records (a build that starts over).
+DELETE FROM stoic_failures WHERE projection = ?;
+
+-- name: switch_version
+-- The atomic switch: the main row takes the build's version, generation and checkpoint; the
+-- old ones are kept for a rollback; the current holder is fenced out (epoch + 1).
+UPDATE stoic_projections SET
+    previous_version = version, previous_generation = generation, previous_position = position,
+    version = (SELECT b.version FROM stoic_projections b WHERE b.name = :build),
+    generation = (SELECT b.generation FROM stoic_projections b WHERE b.name = :build),
+    position = (SELECT b.position FROM stoic_projections b WHERE b.name = :build),
+    events_processed = (SELECT b.events_processed FROM stoic_projections b WHERE b.name = :build),
+    switched_at = :now, epoch = epoch + 1, holder = NULL,
+    breaker_state = 'closed', breaker_failures = 0, breaker_opened_at = NULL, breaker_reason = NULL,
+    request = CASE WHEN request = 'rebuild' THEN NULL ELSE request END, build_note = NULL
+WHERE name = :main;
+
+-- name: supersede_failures
+-- The old generation's failures: those the build hit again are replaced by the build's record,
+-- the other open ones are closed (the old read model no longer serves).
+DELETE FROM stoic_failures WHERE projection = :main
+  AND event_id IN (SELECT event_id FROM stoic_failures WHERE projection = :build);
+
+-- name: close_superseded_failures
+UPDATE stoic_failures SET blocking = 0, next_retry_at = NULL, retry_requested = 0, updated_at = :now,
+    resolution = CASE WHEN status IN ('retrying', 'dead') THEN 'rebuilt' ELSE resolution END,
+    status = CASE WHEN status IN ('retrying', 'dead') THEN 'resolved' ELSE status END
+WHERE projection = :main AND blocking = 1;
+
+-- name: adopt_failures
+UPDATE stoic_failures SET projection = :main WHERE projection = :build;
+
+-- name: delete_projection
+DELETE FROM stoic_projections WHERE name = ?;
+
+-- name: rollback_version
+-- Back to the previous generation (its tables still exist); the holder is fenced out.
+UPDATE stoic_projections SET version = previous_version, generation = previous_generation,
+    position = previous_position, previous_version = NULL, previous_generation = NULL,
+    previous_position = NULL, switched_at = :now, epoch = epoch + 1, holder = NULL
+WHERE name = :name AND previous_generation IS NOT NULL;
+
+-- name: forget_previous
+UPDATE stoic_projections SET previous_version = NULL, previous_generation = NULL, previous_position = NULL
+WHERE name = ?;
+
+-- name: build_note
+UPDATE stoic_projections SET build_note = ? WHERE name = ?;
+
+-- name: relation_kind
+-- Whether a name is a table or a view in this database ('table', 'view' or nothing).
+SELECT type FROM sqlite_master WHERE name = ? AND type IN ('table', 'view');

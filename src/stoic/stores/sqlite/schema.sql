@@ -53,7 +53,14 @@ CREATE TABLE stoic_projections (
     drift_checked_at  REAL,
     drift_checked     INTEGER NOT NULL DEFAULT 0,
     drift_count       INTEGER NOT NULL DEFAULT 0,
-    drift_streams     TEXT
+    drift_streams     TEXT,
+    version             INTEGER,
+    generation          INTEGER,
+    previous_version    INTEGER,
+    previous_generation INTEGER,
+    previous_position   INTEGER,
+    switched_at         REAL,
+    build_note          TEXT
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future.

@@ -59,6 +59,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    SessionVersioning,
     StoreBase,
     Watchdog,
     _positive_int,
@@ -560,6 +561,7 @@ class SQLiteStore(StoreBase):
             values[23], values[24] = bool(values[23]), bool(values[24])
             values[25] = _ts(values[25])
             values[28] = tuple(json.loads(values[28])) if values[28] else ()
+            values[32] = _ts(values[32])
             details.append(ProjectionDetails(*values))
         return details
 
@@ -605,8 +607,16 @@ class SQLiteStore(StoreBase):
         return f"SQLiteStore({self.url!r})"
 
 
-class SQLiteSession:
+class SQLiteSession(SessionVersioning):
     """One projection runner's connection to a SQLite store."""
+
+    Q = Q
+
+    def _write(self) -> contextlib.AbstractContextManager[Any]:
+        return self.store.write_transaction(self.conn)
+
+    def _handle(self) -> Transaction:
+        return SQLiteTransaction(self.conn)
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store

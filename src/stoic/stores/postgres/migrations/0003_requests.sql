@@ -15,4 +15,13 @@ ALTER TABLE stoic_projections
     ADD COLUMN drift_checked_at TIMESTAMPTZ,
     ADD COLUMN drift_checked    INTEGER     NOT NULL DEFAULT 0,
     ADD COLUMN drift_count      INTEGER     NOT NULL DEFAULT 0,
-    ADD COLUMN drift_streams    JSONB;
+    ADD COLUMN drift_streams    JSONB,
+    -- Versioned read models (rebuild without read downtime): the generation whose
+    -- tables the views show, the one before it (for a rollback), and a build's note.
+    ADD COLUMN version             INTEGER,
+    ADD COLUMN generation          INTEGER,
+    ADD COLUMN previous_version    INTEGER,
+    ADD COLUMN previous_generation INTEGER,
+    ADD COLUMN previous_position   BIGINT,
+    ADD COLUMN switched_at         TIMESTAMPTZ,
+    ADD COLUMN build_note          TEXT;

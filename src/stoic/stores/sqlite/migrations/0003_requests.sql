@@ -16,3 +16,13 @@ ALTER TABLE stoic_projections ADD COLUMN drift_checked_at REAL;
 ALTER TABLE stoic_projections ADD COLUMN drift_checked INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stoic_projections ADD COLUMN drift_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stoic_projections ADD COLUMN drift_streams TEXT;
+
+-- Versioned read models (rebuild without read downtime): the generation whose
+-- tables the views show, the one before it (for a rollback), and a build's note.
+ALTER TABLE stoic_projections ADD COLUMN version INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN generation INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN previous_version INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN previous_generation INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN previous_position INTEGER;
+ALTER TABLE stoic_projections ADD COLUMN switched_at REAL;
+ALTER TABLE stoic_projections ADD COLUMN build_note TEXT;
