@@ -29,8 +29,7 @@ import time
 from typing import Any, Final
 
 from stoic import BreakerPolicy, Projection, RecordedEvent, RetryPolicy, RetrySchedule, Transaction, handles
-
-from examples.billing.domain import MONEY_EVENTS, expected_balance, expected_balances, signed_amount
+from stoic.examples.billing.domain import MONEY_EVENTS, expected_balance, expected_balances, signed_amount
 
 __all__ = [
     "Balances",

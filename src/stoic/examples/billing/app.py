@@ -1,7 +1,7 @@
 """The billing application for ``stoic worker``.
 
-``--app examples.billing.app:app`` runs the three read models;
-``--app examples.billing.app:flaky_app`` adds the notifier, whose simulated
+``--app stoic.examples.billing.app:app`` runs the three read models;
+``--app stoic.examples.billing.app:flaky_app`` adds the notifier, whose simulated
 service fails at the rate ``BILLING_FAILURE_RATE`` (default 0.1) — to watch
 retries, failure records and the circuit breaker in ``stoic status``.
 """
@@ -12,8 +12,13 @@ import os
 from typing import Any
 
 import stoic
-
-from examples.billing.projections import Balances, DailyTotals, FlakyNotifier, SimulatedService, TransactionHistory
+from stoic.examples.billing.projections import (
+    Balances,
+    DailyTotals,
+    FlakyNotifier,
+    SimulatedService,
+    TransactionHistory,
+)
 
 READ_MODELS = (Balances, TransactionHistory, DailyTotals)
 

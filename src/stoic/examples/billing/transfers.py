@@ -34,8 +34,7 @@ from typing import Final
 
 from stoic import Aggregate, InvariantViolation, Repository, Store, applies, command
 from stoic.aggregate import DEFAULT_MAX_ATTEMPTS, Event, command_id_for, retry_on_conflict, save_all
-
-from examples.billing.domain import Account, is_cents
+from stoic.examples.billing.domain import Account, is_cents
 
 TRANSFER_PREFIX: Final = "transfer-"
 PENDING: Final = frozenset({"requested", "debited"})

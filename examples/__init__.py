@@ -1,1 +1,0 @@
-"""Reference applications built on Stoic (importable from the repository root)."""

@@ -1,0 +1,1 @@
+"""The billing reference domain (examples/billing) on every backend."""
