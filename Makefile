@@ -1,5 +1,6 @@
 # Two entry points, each doing all of its own set-up on a fresh machine:
-#   make demo   - creates .venv, installs Stoic, runs the demo on SQLite (no server)
+#   make demo   - creates .venv, installs Stoic, runs the billing demo on SQLite with the API and
+#                 dashboard on http://127.0.0.1:8000 until Ctrl-C (DEMO_ARGS="--duration 30" to stop on its own)
 #   make test   - creates .venv, installs Stoic with its test tools, runs every test
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/stoic demo
+	$(VENV)/bin/stoic demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

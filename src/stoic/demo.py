@@ -1,138 +1,42 @@
-"""The demo: concurrent clients append to account streams while a worker keeps
-a balances read model, then the read model is checked against a fold of the
-events. ``stoic demo`` runs it; ``stoic worker --app stoic.demo:app`` runs its
-projections on their own.
+"""``stoic demo``: the billing reference domain running for real, on a fresh
+SQLite file, with nothing else installed.
+
+Concurrent clients open accounts, move money and transfer it (some commands
+are refused by invariants, some transfers are compensated); a worker keeps the
+read models (balances — versioned and reconcilable —, history, daily totals)
+and a notifier that calls a flaky simulated service (random failures become
+failure records that are retried; an outage opens the circuit breaker). The
+HTTP API and the dashboard serve at http://127.0.0.1:8000 meanwhile. At the
+end the balances are reconciled against the events, the accounting equation is
+checked, and the exit code says whether they hold.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
-from collections import defaultdict
-from typing import Any
 
+import uvicorn
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
-from stoic.errors import ConcurrencyError
-from stoic.events import NO_STREAM, NewEvent
-from stoic.projection import App, Projection, handles
+from stoic.api import ApiSettings, create_app
+from stoic.api.auth import LOOPBACK
+from stoic.errors import ConfigurationError
+from stoic.examples.billing.app import make_app
+from stoic.examples.billing.projections import SimulatedService
+from stoic.examples.billing.workload import SteadyTraffic, run_workload
+from stoic.operations import Operations
 from stoic.runner import Runner
-from stoic.store import Store, Transaction, connect
+from stoic.store import Store, connect
 from stoic.stores.sqlite.store import parse_sqlite_url
 
-
-class AccountBalances(Projection):
-    """One row per account: its balance and how many movements it had."""
-
-    name = "account_balances"
-
-    def setup(self, tx: Transaction) -> None:
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS demo_balances ("
-            "account TEXT PRIMARY KEY, balance BIGINT NOT NULL, movements BIGINT NOT NULL)"
-        )
-
-    def reset(self, tx: Transaction) -> None:
-        tx.execute("DELETE FROM demo_balances")
-
-    @handles("AccountOpened")
-    def opened(self, event: Any, tx: Transaction) -> None:
-        tx.execute("INSERT INTO demo_balances VALUES (?, 0, 0)", (event.stream_id,))
-
-    @handles("Deposited", "Withdrawn")
-    def moved(self, event: Any, tx: Transaction) -> None:
-        amount = event.data["amount"] * (1 if event.type == "Deposited" else -1)
-        tx.execute(
-            "UPDATE demo_balances SET balance = balance + ?, movements = movements + 1 WHERE account = ?",
-            (amount, event.stream_id),
-        )
+APP_REF = "stoic.examples.billing.app:app"  #: what the printed CLI commands pass as --app
+OUTAGE_S = 8.0  #: how long the simulated service is down after the first burst
 
 
-class DailyActivity(Projection):
-    """Counts events by type: a second projection, run by the same worker."""
-
-    name = "event_counts"
-
-    def setup(self, tx: Transaction) -> None:
-        tx.execute("CREATE TABLE IF NOT EXISTS demo_event_counts (type TEXT PRIMARY KEY, n BIGINT NOT NULL)")
-
-    def reset(self, tx: Transaction) -> None:
-        tx.execute("DELETE FROM demo_event_counts")
-
-    @handles("*")
-    def any_event(self, event: Any, tx: Transaction) -> None:
-        tx.execute(
-            "INSERT INTO demo_event_counts VALUES (?, 1) ON CONFLICT (type) DO UPDATE SET n = demo_event_counts.n + 1",
-            (event.type,),
-        )
-
-
-app = App([AccountBalances, DailyActivity], name="demo")
-
-
-def _client(store: Store, accounts: list[str], seed: int, stats: dict[str, int], lock: threading.Lock) -> None:
-    """Opens its accounts, then deposits, withdraws and transfers with optimistic concurrency."""
-    rng = random.Random(seed)
-    for account in accounts:
-        store.append(account, [NewEvent("AccountOpened", {"owner": account})], expected_version=NO_STREAM)
-    versions = dict.fromkeys(accounts, 1)
-    balances = dict.fromkeys(accounts, 0)
-    appended = len(accounts)
-    for _ in range(len(accounts) * 4):
-        account = rng.choice(accounts)
-        if rng.random() < 0.2 and len(accounts) > 1:
-            # A transfer touches two streams: append_many writes both or neither.
-            target = rng.choice([a for a in accounts if a != account])
-            amount = rng.randint(1, 50)
-            if balances[account] < amount:
-                continue
-            try:
-                store.append_many([
-                    (account, [NewEvent("Withdrawn", {"amount": amount, "to": target})], versions[account]),
-                    (target, [NewEvent("Deposited", {"amount": amount, "from": account})], versions[target]),
-                ])
-            except ConcurrencyError:
-                continue
-            versions[account] += 1
-            versions[target] += 1
-            balances[account] -= amount
-            balances[target] += amount
-            appended += 2
-        else:
-            amount = rng.randint(1, 100)
-            store.append(account, [NewEvent("Deposited", {"amount": amount})], expected_version=versions[account])
-            versions[account] += 1
-            balances[account] += amount
-            appended += 1
-        if appended % 200 == 0:
-            with lock:
-                stats["appended"] += 200
-                appended -= 200
-    with lock:
-        stats["appended"] += appended
-
-
-def _fold_balances(store: Store) -> dict[str, int]:
-    balances: dict[str, int] = defaultdict(int)
-    for event in store.iter_all():
-        if event.type == "AccountOpened":
-            balances[event.stream_id] += 0
-        elif event.type == "Deposited":
-            balances[event.stream_id] += event.data["amount"]
-        elif event.type == "Withdrawn":
-            balances[event.stream_id] -= event.data["amount"]
-    return dict(balances)
-
-
-def _read_balances(store: Store) -> dict[str, int]:
-    return {account: int(balance) for account, balance in store.query("SELECT account, balance FROM demo_balances")}
-
-
-def _remove_sqlite_files(url: str) -> None:
+def remove_sqlite_files(url: str) -> None:
+    """Deletes a SQLite database and its -wal/-shm files (a fresh demo)."""
     path, _ = parse_sqlite_url(url)
     if path == ":memory:":
         return
@@ -141,82 +45,133 @@ def _remove_sqlite_files(url: str) -> None:
             os.remove(path + suffix)
 
 
-def _progress_table(stats: dict[str, int], store: Store, started: float) -> Table:
-    head = store.head()
-    table = Table(title="stoic demo", min_width=60)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    elapsed = time.monotonic() - started
-    table.add_row("events appended", f"{stats['appended']:,}")
-    table.add_row("append rate", f"{stats['appended'] / max(elapsed, 1e-9):,.0f} events/s")
-    for p in store.projections():
-        table.add_row(f"{p.name} checkpoint", f"{p.position:,} (lag {head - p.position:,})")
-    return table
+class _Server:
+    """uvicorn in a background thread (the main thread keeps Ctrl-C)."""
 
+    def __init__(self, store: Store, ops: Operations, host: str, port: int) -> None:
+        api = create_app(store, ops.app, ApiSettings(allow_loopback_admin=True), operations=ops)
+        self.server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None,
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, name="stoic-demo-api", daemon=True)
 
-def run_demo(url: str, *, accounts: int, clients: int, fresh: bool, console: Console) -> int:
-    """Runs the demo end to end; returns 0 when the read model matches the events."""
-    if fresh and url.startswith("sqlite"):
-        _remove_sqlite_files(url)
-    store = connect(url)
-    console.print(f"[bold]Stoic demo[/] on [cyan]{url}[/]: {clients} clients, {accounts:,} accounts\n")
-    runner = Runner(store, app, claim_interval=0.2)
-    worker = threading.Thread(target=runner.run, name="demo-worker", daemon=True)
-    worker.start()
-
-    stats = {"appended": 0}
-    lock = threading.Lock()
-    names = [f"account-{i:05d}" for i in range(accounts)]
-    threads = [
-        threading.Thread(target=_client, args=(store, names[i::clients], i, stats, lock))
-        for i in range(clients)
-    ]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    with Live(_progress_table(stats, store, started), console=console, refresh_per_second=4) as live:
-        while any(t.is_alive() for t in threads):
-            time.sleep(0.25)
-            live.update(_progress_table(stats, store, started))
-        append_seconds = time.monotonic() - started
-        head = store.head()
-        while min((p.position for p in store.projections()), default=0) < head:
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"the API could not listen on {self.server.config.host}:{self.server.config.port} "
+                    "(is the port taken? try --port)")
             time.sleep(0.05)
-            live.update(_progress_table(stats, store, started))
-        live.update(_progress_table(stats, store, started))
-    caught_up_seconds = time.monotonic() - started
 
-    latencies = []
-    for i in range(20):
-        account = names[i % len(names)]
-        sent = time.perf_counter()
-        position = store.append(account, [NewEvent("Deposited", {"amount": 1})]).positions[0]
-        while min(p.position for p in store.projections()) < position:
-            time.sleep(0.0002)
-        latencies.append((time.perf_counter() - sent) * 1000)
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
 
-    runner.stop()
-    worker.join()
-    expected = _fold_balances(store)
-    actual = _read_balances(store)
-    ok = expected == actual
-    console.print(
-        f"\nappended [bold]{head:,}[/] events in {append_seconds:.2f} s "
-        f"({head / append_seconds:,.0f} events/s, {clients} concurrent clients with optimistic concurrency)"
-    )
-    console.print(f"projections caught up {caught_up_seconds - append_seconds:.2f} s after the last append")
-    latencies.sort()
-    console.print(f"live latency append -> read model updated: median {latencies[len(latencies) // 2]:.1f} ms")
-    if ok:
+
+def run_demo(url: str, *, host: str = "127.0.0.1", port: int = 8000, accounts: int = 200, clients: int = 4,
+             duration: float = 0.0, fresh: bool = True, console: Console | None = None) -> int:
+    """Runs the demo until Ctrl-C (or ``duration`` seconds); returns 0 when the
+    balances reconcile with the events and the accounting equation holds."""
+    console = console or Console()
+    if host not in LOOPBACK:
+        raise ConfigurationError("the demo opens admin actions without a token: it only listens on 127.0.0.1")
+    if fresh and url.startswith("sqlite"):
+        remove_sqlite_files(url)
+    store = connect(url)
+    service = SimulatedService(failure_rate=0.02, seed=7)
+    app = make_app(service=service)
+    ops = Operations(store, app=app)
+    runner = Runner(store, app, claim_interval=0.2)
+    worker = threading.Thread(target=runner.run, name="stoic-demo-worker", daemon=True)
+    server = _Server(store, ops, host, port)
+    traffic: SteadyTraffic | None = None
+    try:
+        server.start()
+        worker.start()
+        _banner(console, url, host, port)
+        started = time.monotonic()
+        burst = run_workload(store, accounts=accounts, operations=accounts * 10, clients=clients, seed=1)
+        seconds = time.monotonic() - started
         console.print(
-            f"[bold green]check passed:[/] all {len(actual):,} balances equal the fold of the events "
-            f"(total {sum(actual.values()):,})"
-        )
-    else:
-        wrong = [a for a in expected if expected[a] != actual.get(a)]
-        console.print(f"[bold red]check FAILED:[/] {len(wrong)} balances differ, e.g. {wrong[:5]}")
-    console.print("\nTry next:")
-    console.print(f"  .venv/bin/stoic status --db {url}")
-    console.print(f"  .venv/bin/stoic worker --db {url} --app stoic.demo:app   (Ctrl-C stops it cleanly)")
-    store.close()
-    return 0 if ok else 1
+            f"[bold]{clients} clients[/] opened {burst.opened} accounts and ran {accounts * 10:,} operations in "
+            f"{seconds:.1f} s: {burst.deposits} deposits, {burst.withdrawals} withdrawals, "
+            f"{burst.transfers_completed} transfers completed, {burst.transfers_compensated} compensated, "
+            f"{sum(burst.refused.values())} commands refused by invariants, {burst.retries} concurrency retries; "
+            f"head {store.head():,}", highlight=False)
+        service.outage(OUTAGE_S)
+        console.print(f"[yellow]the notification service is down for {OUTAGE_S:.0f} s[/]: watch billing_notifier's "
+                      "circuit breaker open, then close when it is back", highlight=False)
+        traffic = SteadyTraffic(store, burst.accounts)
+        traffic.start()
+        _tour(console, url, host, port, duration)
+        _wait(duration)
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+    finally:
+        if traffic is not None:
+            traffic.stop()
+    try:
+        return _verify(console, store, ops, runner)
+    finally:
+        runner.stop()
+        worker.join(30)
+        server.stop()
+        store.close()
+
+
+def _wait(duration: float) -> None:
+    if duration > 0:
+        time.sleep(duration)
+        return
+    while True:
+        time.sleep(3600)
+
+
+def _banner(console: Console, url: str, host: str, port: int) -> None:
+    console.print(f"[bold]Stoic demo[/]: the billing domain on [cyan]{url}[/]")
+    console.print(f"[bold red]WARNING:[/] admin actions are open to anyone on this machine without a token "
+                  f"(demo mode, http://{host}:{port}). Production needs STOIC_ADMIN_TOKEN.", highlight=False)
+
+
+def _tour(console: Console, url: str, host: str, port: int, duration: float) -> None:
+    db = f"--db {url}"
+    console.print(f"""
+[bold]Look at[/]
+  the dashboard     http://{host}:{port}/            projections, lag, failures; retry/skip/resolve buttons
+  the API           http://{host}:{port}/docs        every endpoint, tried from the browser
+  metrics           http://{host}:{port}/metrics     what Prometheus scrapes (alerts: deploy/prometheus)
+
+[bold]Try, in another terminal[/]
+  .venv/bin/stoic status {db}
+  .venv/bin/stoic failures list {db}
+  .venv/bin/stoic reconcile billing_balances {db} --app {APP_REF}
+  .venv/bin/stoic rebuild billing_balances --reason "try it" {db} --app {APP_REF}
+  .venv/bin/stoic audit {db}
+""", highlight=False)
+    console.print("Running until Ctrl-C…" if duration <= 0 else f"Running for {duration:.0f} s…")
+
+
+def _verify(console: Console, store: Store, ops: Operations, runner: Runner, timeout: float = 60.0) -> int:
+    """Lets the worker catch up, then reconciles the balances with the events."""
+    deadline = time.monotonic() + timeout
+    head = store.head()
+    while time.monotonic() < deadline:
+        checkpoints = {d.name: d.position for d in store.projection_details()}
+        if checkpoints.get("billing_balances", 0) >= head:
+            break
+        time.sleep(0.1)
+    report = ops.reconcile("billing_balances", "demo", reason="end-of-demo check")
+    failures = {h.name: h.failures for h in ops.health()}
+    console.print(f"\n{head:,} events; failures by projection: "
+                  f"{ {name: f for name, f in failures.items() if f} or 'none'}", highlight=False)
+    if report.ok:
+        equation = next((c for c in report.checks if c.name == "accounting equation"), None)
+        console.print(f"[bold green]check passed:[/] {report.matched} of {report.checked} account balances equal the "
+                      f"fold of their events; accounting equation holds ({equation.detail if equation else '-'})",
+                      highlight=False)
+        return 0
+    console.print(f"[bold red]check FAILED:[/] {len(report.mismatched_streams)} balances differ "
+                  f"(e.g. {report.mismatches[:3]}); checks: {[(c.name, c.ok) for c in report.checks]}",
+                  highlight=False)
+    return 1

@@ -183,7 +183,7 @@ def assess(
     if parked_streams:
         causes.append(Cause("parked_streams", Status.DEGRADED,
                             f"{parked_streams} stream{'s' if parked_streams != 1 else ''} parked behind a "
-                            f"failure ({parked_events} events waiting)"))
+                            f"failure ({parked_events} event{'s' if parked_events != 1 else ''} waiting)"))
     if not building and (lag_events > thresholds.lag_events or lag_seconds > thresholds.lag_seconds):
         causes.append(Cause("lagging", Status.DEGRADED,
                             f"{lag_events} events behind; the oldest unprocessed is {lag_seconds:.0f} s old"))

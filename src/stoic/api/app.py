@@ -108,6 +108,11 @@ class PauseView(BaseModel):
     paused: bool
 
 
+class WhoAmI(BaseModel):
+    actor: str
+    mode: str = Field(description="token, or loopback (demo mode: no token configured).")
+
+
 class GenerationView(BaseModel):
     projection: str
     generation: int
@@ -253,6 +258,12 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
 
     # -- admin ----------------------------------------------------------------------------------
 
+    @api.get("/admin/whoami", tags=["admin"], response_model=WhoAmI)
+    def whoami(who: AdminDep) -> WhoAmI:
+        """Cheap check of admin credentials: who the audit log will name."""
+        mode = "token" if settings.admin_token is not None else "loopback"
+        return WhoAmI(actor=who.actor, mode=mode)
+
     @api.get("/admin/status", tags=["admin"], response_model=SystemStatusView)
     def system_status(who: AdminDep) -> SystemStatusView:
         """Projections, failures by status, workers and their heartbeats, head position."""
@@ -367,7 +378,9 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
         page = STATIC / "index.html"
         if not page.exists():
             return HTMLResponse("<h1>Stoic</h1><p>See <a href='/docs'>/docs</a>.</p>")
-        return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+        return HTMLResponse(page.read_text(encoding="utf-8"), headers={
+            "Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "no-referrer"})
 
     return api
 

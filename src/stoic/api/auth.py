@@ -72,7 +72,7 @@ def authenticate(request: Request, settings: ApiSettings) -> Admin:
         raise AuthError(403, "admin_disabled",
                         "admin endpoints are disabled: no admin token is configured (set STOIC_ADMIN_TOKEN)")
     if token is None:
-        raise AuthError(401, "unauthenticated", "admin endpoints need 'Authorization: Bearer <token>'")
+        raise AuthError(401, "unauthenticated", "this endpoint needs 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         raise AuthError(403, "forbidden", "the bearer token is not valid")
     return Admin(_actor(request, "admin"))

@@ -189,15 +189,19 @@ class _Server(uvicorn.Server):
 @app.command()
 def demo(
     db: Annotated[str, typer.Option("--db", help="Database URL for the demo.")] = "sqlite:///stoic-demo.db",
-    accounts: Annotated[int, typer.Option(help="Accounts to open.")] = 2000,
-    clients: Annotated[int, typer.Option(help="Concurrent appending clients.")] = 4,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the API and dashboard.")] = 8000,
+    accounts: Annotated[int, typer.Option(min=2, help="Accounts to open.")] = 200,
+    clients: Annotated[int, typer.Option(min=1, max=64, help="Concurrent clients.")] = 4,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: run until Ctrl-C).")] = 0.0,
     keep: Annotated[bool, typer.Option(help="Keep the existing demo database.")] = False,
 ) -> None:
-    """Run the demo: concurrent clients append, a worker projects, the result is checked."""
+    """Run the billing demo: clients, a worker, the API and the dashboard on http://127.0.0.1:8000."""
     from stoic.demo import run_demo
 
+    _logging("text", "error")
     try:
-        code = run_demo(db, accounts=accounts, clients=clients, fresh=not keep, console=console)
+        code = run_demo(db, port=port, accounts=accounts, clients=clients, duration=duration, fresh=not keep,
+                        console=console)
     except StoicError as exc:
         raise fail(exc) from None
     raise typer.Exit(code)

@@ -28,7 +28,16 @@ import threading
 import time
 from typing import Any, Final
 
-from stoic import BreakerPolicy, Projection, RecordedEvent, RetryPolicy, RetrySchedule, Transaction, handles
+from stoic import (
+    BreakerPolicy,
+    CheckResult,
+    Projection,
+    RecordedEvent,
+    RetryPolicy,
+    RetrySchedule,
+    Transaction,
+    handles,
+)
 from stoic.examples.billing.domain import MONEY_EVENTS, expected_balance, expected_balances, signed_amount
 
 __all__ = [
@@ -50,32 +59,70 @@ def _at(event: RecordedEvent) -> str:
 
 
 class Balances(Projection):
-    """One row per account: owner, currency, status and balance."""
+    """One row per account: owner, currency, status and balance.
+
+    Versioned (``tables``): bumping ``version`` rebuilds it beside the serving
+    generation, and readers keep querying ``billing_balances`` throughout.
+    Reconcilable: each account's row can be proved against its events, and the
+    accounting equation (the sum of balances equals deposits plus refunds minus
+    withdrawals) is checked globally.
+    """
 
     name = "billing_balances"
+    tables = ("billing_balances",)
+    version = 1
 
     def setup(self, tx: Transaction) -> None:
         tx.execute(
-            "CREATE TABLE IF NOT EXISTS billing_balances (account TEXT PRIMARY KEY, owner TEXT NOT NULL, "
-            "currency TEXT NOT NULL, status TEXT NOT NULL, balance BIGINT NOT NULL, movements BIGINT NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {self.table('billing_balances')} (account TEXT PRIMARY KEY, "
+            "owner TEXT NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL, balance BIGINT NOT NULL, "
+            "movements BIGINT NOT NULL)"
         )
 
     def reset(self, tx: Transaction) -> None:
-        tx.execute("DELETE FROM billing_balances")
+        tx.execute(f"DELETE FROM {self.table('billing_balances')}")
 
     @handles("AccountOpened")
     def opened(self, event: RecordedEvent, tx: Transaction) -> None:
-        tx.execute("INSERT INTO billing_balances VALUES (?, ?, ?, 'open', 0, 0)",
+        tx.execute(f"INSERT INTO {self.table('billing_balances')} VALUES (?, ?, ?, 'open', 0, 0)",
                    (event.stream_id, event.data["owner"], event.data["currency"]))
 
     @handles("Deposited", "Withdrawn", "TransferRefunded")
     def moved(self, event: RecordedEvent, tx: Transaction) -> None:
-        tx.execute("UPDATE billing_balances SET balance = balance + ?, movements = movements + 1 WHERE account = ?",
-                   (signed_amount(event), event.stream_id))
+        tx.execute(f"UPDATE {self.table('billing_balances')} SET balance = balance + ?, movements = movements + 1 "
+                   "WHERE account = ?", (signed_amount(event), event.stream_id))
 
     @handles("AccountClosed")
     def closed(self, event: RecordedEvent, tx: Transaction) -> None:
-        tx.execute("UPDATE billing_balances SET status = 'closed' WHERE account = ?", (event.stream_id,))
+        tx.execute(f"UPDATE {self.table('billing_balances')} SET status = 'closed' WHERE account = ?",
+                   (event.stream_id,))
+
+    # -- reconciliation ---------------------------------------------------------------------
+
+    def expected_state(self, stream_id: str, events: list[RecordedEvent]) -> dict[str, Any] | None:
+        opened = next((e for e in events if e.type == "AccountOpened"), None)
+        if opened is None:
+            return None
+        return {"owner": opened.data["owner"], "currency": opened.data["currency"],
+                "status": "closed" if any(e.type == "AccountClosed" for e in events) else "open",
+                "balance": expected_balance(events), "movements": sum(e.type in MONEY_EVENTS for e in events)}
+
+    def actual_state(self, stream_id: str, tx: Transaction) -> dict[str, Any] | None:
+        row = tx.execute(f"SELECT owner, currency, status, balance, movements FROM {self.table('billing_balances')} "
+                         "WHERE account = ?", (stream_id,)).fetchone()
+        if row is None:
+            return None
+        return {"owner": row[0], "currency": row[1], "status": row[2], "balance": int(row[3]), "movements": int(row[4])}
+
+    def forget(self, stream_id: str, tx: Transaction) -> None:
+        tx.execute(f"DELETE FROM {self.table('billing_balances')} WHERE account = ?", (stream_id,))
+
+    def checks(self, snapshot: Any) -> list[CheckResult]:
+        stored = int(snapshot.execute(
+            f"SELECT COALESCE(SUM(balance), 0) FROM {self.table('billing_balances')}").fetchone()[0])
+        moved = sum(signed_amount(e) for e in snapshot.events() if e.type in MONEY_EVENTS)
+        return [CheckResult("accounting equation", stored == moved,
+                            f"sum of balances {stored} vs deposits + refunds - withdrawals {moved}")]
 
 
 class TransactionHistory(Projection):

@@ -164,3 +164,39 @@ def run_workload(
     for client in workers:
         report.merge(client.finish())
     return report
+
+
+class SteadyTraffic:
+    """A trickle of operations on already-open accounts from a few client threads,
+    until :meth:`stop`: keeps a demo's dashboard moving after the first burst."""
+
+    def __init__(self, store: Store, accounts: list[str], clients: int = 2, rate: float = 20.0,
+                 seed: int = 99) -> None:
+        missing = [f"{ACCOUNT_PREFIX}missing-steady-{i}" for i in range(3)]
+        self._clients = [_Client(store, accounts, missing, seed + i, f"steady-{seed}-{i}") for i in range(clients)]
+        self._interval = clients / rate if rate > 0 else 1.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(c,), name=f"billing-steady-{i}", daemon=True)
+                         for i, c in enumerate(self._clients)]
+        self.errors: list[BaseException] = []
+
+    def _run(self, client: _Client) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                client.operate()
+            except Exception as exc:  # a demo's traffic must not die silently: keep the error
+                self.errors.append(exc)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> WorkloadReport:
+        """Stops the clients and returns what they did."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        report = WorkloadReport()
+        for client in self._clients:
+            report.merge(client.finish())
+        return report
