@@ -520,3 +520,145 @@ def make_poison_app() -> App:
     projection = FaultyLedger(
         "poisoned", fault, retry_schedule=stoic.RetrySchedule(first_delay=delay, multiplier=1, max_attempts=50))
     return App([projection], name="poison")
+
+
+# -- chaos helpers: whose connections, frozen processes, privileged faults -------------
+
+
+def backend_pids(admin: Any, pid: int) -> list[int]:
+    """The PostgreSQL backends serving one local process, matched by its sockets' client
+    ports (Linux /proc), so that a test kills its own workers' connections and nobody
+    else's on a shared server."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    if not ports:
+        return []
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s) AND client_addr IS NOT NULL", (ports,)
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process from /proc (``T``: stopped; ``?``: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def require_root(what: str) -> None:
+    """Skips (or, with CI=true, fails, like ``require_postgres``) a test that needs root
+    for a fault (``chattr +i``, mounting a tmpfs)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        reason = f"{what} needs root"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+class FreezingLedger(LedgerProjection):
+    """A LedgerProjection whose worker stops itself (SIGSTOP) in the middle of a batch:
+    at the event at position ``freeze_at`` it applies the event, waits until the
+    database has received the batch's writes so far (they are uncommitted, holding
+    their row locks), writes ``flag`` (once) and freezes. SIGCONT resumes the batch."""
+
+    def __init__(self, name: str, freeze_at: int, flag: Path) -> None:
+        super().__init__(name)
+        self.freeze_at = freeze_at
+        self.flag = flag
+
+    @handles_all
+    def apply(self, event: RecordedEvent, tx: Transaction) -> None:
+        super().apply(event, tx)
+        if event.position == self.freeze_at and not self.flag.exists():
+            # Reading rowcount waits for the pipelined statements to reach the server.
+            tx.execute(f"SELECT count(*) FROM {self.ledger}").rowcount  # noqa: B018
+            self.flag.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def make_freeze_app() -> App:
+    """One projection ``ledger_a``; with ``STOIC_TEST_FREEZE_AT`` (a position) and
+    ``STOIC_TEST_FREEZE_FLAG`` (a file) set, it is a FreezingLedger."""
+    freeze_at = os.environ.get("STOIC_TEST_FREEZE_AT")
+    if not freeze_at:
+        return App([LedgerProjection("ledger_a")], name="freeze")
+    flag = Path(os.environ["STOIC_TEST_FREEZE_FLAG"])
+    return App([FreezingLedger("ledger_a", int(freeze_at), flag)], name="freeze")
+
+
+class AppenderThread(threading.Thread):
+    """Appends 1..``max_events`` random events to its own streams (``<prefix>-<n>``) with
+    exact expected versions, pausing ``pause`` seconds (a range) between calls, until
+    stopped. Records every call as (started, finished, positions), monotonic times; an
+    error ends the loop and is kept in ``error`` for the test to raise."""
+
+    def __init__(self, url: str, prefix: str, seed: int, *, streams: int = 10, max_events: int = 3,
+                 pause: tuple[float, float] = (0.002, 0.008)) -> None:
+        super().__init__(name=f"appender-{prefix}", daemon=True)
+        self.store = stoic.connect(url)
+        self.prefix = prefix
+        self.rng = random.Random(seed)
+        self.streams = streams
+        self.max_events = max_events
+        self.pause = pause
+        self.stop = threading.Event()
+        self.calls: list[tuple[float, float, tuple[int, ...]]] = []
+        self.versions: dict[str, int] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(self.rng.uniform(*self.pause)):
+                stream = f"{self.prefix}-{self.rng.randrange(self.streams)}"
+                events = [random_event(self.rng) for _ in range(self.rng.randint(1, self.max_events))]
+                started = time.monotonic()
+                result = self.store.append(stream, events, expected_version=self.versions.get(stream, stoic.NO_STREAM))
+                self.calls.append((started, time.monotonic(), result.positions))
+                self.versions[stream] = result.version
+        except BaseException as exc:  # re-raised by the test
+            self.error = exc
+        finally:
+            self.store.close()
+
+    def finish(self, timeout: float = 10) -> None:
+        """Stops the loop, waits for it, and raises its error if it had one."""
+        self.stop.set()
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} did not stop"
+        if self.error is not None:
+            raise AssertionError(f"{self.name} failed: {self.error!r}") from self.error
+
+    @property
+    def positions(self) -> list[int]:
+        return [p for *_, positions in self.calls for p in positions]
+
+    def check_streams(self, store: stoic.Store) -> None:
+        """Each of its streams holds versions 1..last, as acknowledged."""
+        for stream, version in self.versions.items():
+            assert [e.version for e in store.read_stream(stream)] == list(range(1, version + 1)), stream
+
+
+def calls_spanning(appenders: Iterable[AppenderThread], moment: float) -> list[tuple[float, float, tuple[int, ...]]]:
+    """The append calls that were in progress at ``moment`` (a monotonic time)."""
+    return [c for a in appenders for c in a.calls if c[0] <= moment <= c[1]]

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from stoic.errors import ActionRefused, ConfigurationError, FailureNotFound, InvalidArgument, UnknownProjection
+from stoic.errors import (
+    ActionRefused,
+    ConfigurationError,
+    FailureNotFound,
+    InvalidArgument,
+    OperationTimeout,
+    UnknownProjection,
+)
 from stoic.health import BUILD_SUFFIX, Cause, ProjectionHealth, Status, Thresholds, assess
+from stoic.projection import MAX_SEGMENTS
 from stoic.reconcile import Reconciler, ReconcileReport, reconcilable
 from stoic.store import (
     OPEN_STATUSES,
@@ -30,6 +38,7 @@ from stoic.store import (
     ProjectionDetails,
     Resolution,
     Store,
+    StoreSession,
     Transaction,
     WorkerInfo,
 )
@@ -172,7 +181,8 @@ class Operations:
 
     def _check_projection(self, name: str) -> str:
         known = self._known if self._known is not None else {p.name for p in self.store.projections()}
-        if name not in known and not (name.endswith(BUILD_SUFFIX) and name.removesuffix(BUILD_SUFFIX) in known):
+        unit_of = name.removesuffix(BUILD_SUFFIX) if name.endswith(BUILD_SUFFIX) else name.rpartition("#")[0]
+        if name not in known and unit_of not in known:
             raise UnknownProjection(
                 f"no projection named {name!r} (known: {', '.join(sorted(known)) or 'none'})", name=name)
         return name
@@ -473,6 +483,92 @@ class Operations:
         self.store.record_audit(AuditRecord(who, "drop-previous", f"projection:{projection}", why,
                                             f"ok: dropped generation {previous}", {"tables": tables}))
         return previous
+
+    # -- segmented projections: change the number of segments ---------------------------------
+
+    def resegment(self, projection: str, count: int, actor: str, reason: str, timeout: float = 300.0,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+        """Changes how many segments a projection is split into, without losing or
+        repeating an event: every current segment processes up to a barrier
+        position B (the head when asked) and stops there; then, in one
+        transaction, the old segment rows are replaced by ``count`` new ones at B
+        and each open failure moves to the segment that now owns its stream.
+        Needs live workers (or a runner) to bring the segments to B; returns B."""
+        who, why = _actor(actor), _reason(reason, True, "resegment")
+        code = self._code(projection, "resegment")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SEGMENTS:
+            raise InvalidArgument(f"resegment: the segment count must be 1 to {MAX_SEGMENTS}, got {count!r}")
+        if code.versioned:
+            self._refuse("resegment", projection, who, why,
+                         f"cannot resegment {projection!r}: versioned projections are not segmented yet")
+        session = self.store.open_session()
+        try:
+            segment_rows = session.segment_rows(projection)
+            old = [row[0] for row in segment_rows]
+            if segment_rows and len(old) != segment_rows[0][4]:
+                self._refuse("resegment", projection, who, why, (
+                    f"cannot resegment {projection!r} yet: {len(old)} of its {segment_rows[0][4]} segments have "
+                    "started; try again in a moment"))
+            if not old:
+                if self._details(projection) is None:
+                    self._refuse("resegment", projection, who, why,
+                                 f"cannot resegment {projection!r}: no worker has run it yet")
+                old = [projection]
+            if len(old) == count:
+                self._refuse("resegment", projection, who, why, f"{projection!r} already has {count} segments")
+            barrier = self._drain(session, old, who, why)
+            self.store.record_audit(AuditRecord(who, "resegment", f"projection:{projection}", why, "requested",
+                                                {"from": len(old), "to": count, "barrier": barrier}))
+            self._wait_for_barrier(session, old, barrier, timeout, progress)
+
+            def replace(tx: Transaction) -> None:
+                rows = {name: (position, request, at) for name, position, request, at, _ in
+                        session.segment_rows(projection)}
+                if len(old) == 1 and old[0] == projection:
+                    plain = self._details(projection)
+                    rows = {projection: (plain.position, plain.request, plain.request_position)} if plain else {}
+                if set(rows) != set(old) or any(rows.get(name) != (barrier, "drain", barrier) for name in old):
+                    raise ActionRefused(f"resegment of {projection!r}: the segments changed while draining; "
+                                        "nothing was changed, try again")
+                session.resegment(tx, projection, old, count, barrier)
+
+            session.administer(replace)
+        finally:
+            session.close()
+        self.store.record_audit(AuditRecord(who, "resegment", f"projection:{projection}", why,
+                                            f"ok: {len(old)} -> {count} segments at position {barrier}",
+                                            {"from": len(old), "to": count, "barrier": barrier}))
+        return barrier
+
+    def _drain(self, session: StoreSession, rows: list[str], actor: str, reason: str | None) -> int:
+        """Sets a barrier on every row; raises it until no row had already passed it."""
+        barrier = self.store.head()
+        while True:
+            for name in rows:
+                self.store.request_rewind(name, "drain", barrier, actor, reason)
+            positions = {d.name: d.position for d in self.store.projection_details() if d.name in rows}
+            highest = max(positions.values(), default=0)
+            if highest <= barrier:
+                return barrier
+            barrier = highest
+
+    def _wait_for_barrier(self, session: StoreSession, rows: list[str], barrier: int, timeout: float,
+                          progress: Callable[[int, int], None] | None) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            positions = {d.name: d.position for d in self.store.projection_details() if d.name in rows}
+            done = sum(1 for name in rows if positions.get(name, 0) >= barrier)
+            if progress is not None:
+                progress(done, len(rows))
+            if done == len(rows):
+                return
+            if time.monotonic() > deadline:
+                for name in rows:
+                    session.cancel_request(name)
+                raise OperationTimeout(
+                    f"resegment: {len(rows) - done} of {len(rows)} segments did not reach position {barrier} in "
+                    f"{timeout:.0f} s (is a worker running them?); nothing was changed")
+            time.sleep(0.1)
 
     def _code(self, projection: str, action: str) -> Projection:
         self._check_projection(projection)

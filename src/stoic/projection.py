@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy as _copy
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -61,6 +62,15 @@ handles_all = handles(ALL)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
 
 
+def segment_of(stream_id: str, count: int) -> int:
+    """The segment a stream belongs to: a stable hash (the same in every process
+    and release), so all of a stream's events go to one segment, in order."""
+    return zlib.crc32(stream_id.encode("utf-8", "surrogatepass")) % count
+
+
+MAX_SEGMENTS = 256
+
+
 class Projection:
     """Base class of projections.
 
@@ -97,6 +107,9 @@ class Projection:
     verify_sample: ClassVar[int | None] = 1000  #: streams the switch gate reconciles (None: all)
     retain_previous: ClassVar[float] = 3600.0  #: seconds the replaced generation's tables are kept
     build_of: str | None = None  #: on a build copy: the projection it rebuilds
+    segments: ClassVar[int] = 1  #: split the projection by stream over this many segments (each its own worker)
+    segment: tuple[int, int] | None = None  #: on a segment copy: (index, count)
+    base_name: str | None = None  #: on a segment copy: the projection's own name
     _generation: int | None = None
     reconcile_every: ClassVar[float | None] = None  #: seconds between continuous sample checks (None: off)
     reconcile_sample: ClassVar[int] = 20  #: streams per continuous check
@@ -123,6 +136,22 @@ class Projection:
                 raise ConfigurationError(f"{cls.__name__}.tables: {table!r} is not a plain SQL identifier")
         if not isinstance(cls.version, int) or isinstance(cls.version, bool) or cls.version < 1:
             raise ConfigurationError(f"{cls.__name__}.version must be a positive integer")
+        if not isinstance(cls.segments, int) or isinstance(cls.segments, bool) or not 1 <= cls.segments <= MAX_SEGMENTS:
+            raise ConfigurationError(f"{cls.__name__}.segments must be an integer from 1 to {MAX_SEGMENTS}")
+        if cls.segments > 1 and cls.tables:
+            raise ConfigurationError(
+                f"{cls.__name__}: a projection cannot be both versioned (tables) and segmented yet")
+
+    # -- segmented projections: one projection spread over several workers -------------------
+
+    def for_segment(self, index: int, count: int) -> Projection:
+        """The copy that processes the streams of segment ``index`` of ``count``,
+        under its own checkpoint and lease ``<name>#<index>``."""
+        copy = _copy.copy(self)
+        copy.segment = (index, count)
+        copy.base_name = self.name
+        copy.name = f"{self.name}#{index}"  # type: ignore[misc]
+        return copy
 
     # -- versioned read models: rebuild without read downtime ---------------------------
 

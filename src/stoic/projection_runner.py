@@ -34,7 +34,7 @@ from stoic.errors import LeaseLost, StoreUnavailable, TransientError
 from stoic.events import RecordedEvent
 from stoic.failures import FailurePolicy, Kind, OnError, classify, describe
 from stoic.metrics import BATCH_EVENTS, BATCH_SECONDS, RETRIES
-from stoic.projection import Projection
+from stoic.projection import Projection, segment_of
 from stoic.reconcile import Reconciler, applied_events, reconcilable
 from stoic.store import (
     AuditRecord,
@@ -122,6 +122,10 @@ class _CountingTransaction:
         return getattr(self._tx, name)
 
 
+def _nothing(tx: Transaction) -> None:
+    """A batch with no event for this segment: only the checkpoint moves."""
+
+
 def _now() -> datetime:
     return datetime.now(tz=UTC)
 
@@ -165,6 +169,7 @@ class ProjectionRunner:
         self._next_verify = time.monotonic() + VERIFY_INTERVAL_S
         self.build_of = projection.build_of
         self.inactive = False
+        self._drain_at: int | None = None  # a resegmentation's barrier: process up to here, then wait
         self._next_switch_attempt = 0.0
         every = projection.reconcile_every
         self._next_reconcile = time.monotonic() + every if every and reconcilable(projection) else None
@@ -181,8 +186,15 @@ class ProjectionRunner:
         if self.projection.versioned and not self._versioned_runnable():
             self.inactive = True
             return False
+        segments = None
+        if self.build_of is None and not self._segmentation_matches():
+            self.inactive = True  # resegmented meanwhile: the worker picks up the new rows
+            return False
+        if self.projection.segment is not None:
+            segments = self.projection.segment[1]
         session.ensure_projection(
-            self.name, idempotent=bool(self.projection.idempotent), resettable=self.projection.resettable)
+            self.name, idempotent=bool(self.projection.idempotent), resettable=self.projection.resettable,
+            segments=segments)
         lease = session.claim(self.name, self.worker_id)
         if lease is None:
             return False
@@ -200,6 +212,7 @@ class ProjectionRunner:
             session.release(lease)
             raise
         self.lease, self.position = lease, lease.position
+        self._next_maintenance = 0.0  # look at requests (a drain, a pause) before the first batch
         self._load_failures()
         breaker = session.breaker(self.name)
         self._breaker_state, self._transient_streak = breaker.state, breaker.failures
@@ -210,6 +223,20 @@ class ProjectionRunner:
             "action": "lease_acquired", "projection": self.name, "worker": self.worker_id,
             "epoch": lease.epoch, "position": lease.position})
         return True
+
+    def _segmentation_matches(self) -> bool:
+        """Whether the store's rows are split the way this runner's unit is: a
+        unit of another split must not (re)create a row and replay from 0."""
+        session = self._session()
+        segment = self.projection.segment
+        base = self.projection.base_name or self.name
+        stored = session.segment_count(base)
+        if segment is None:
+            return stored is None
+        if stored is not None:
+            return stored == segment[1]
+        plain = session.versioning(base)
+        return plain is None or plain.position == 0
 
     # -- versioned read models -----------------------------------------------------------
 
@@ -416,6 +443,7 @@ class ProjectionRunner:
             self._next_maintenance = now + MAINTENANCE_INTERVAL_S
             control = self._session().control(self.name)
             self._paused = control.paused
+            self._drain_at = control.request_position if control.request == "drain" else None
             if control.request is not None and not self._paused:
                 if control.request == "repair":
                     self._repair(control)
@@ -497,24 +525,38 @@ class ProjectionRunner:
 
     def _run_batch_timed(self) -> StepResult:
         session = self._session()
+        drain_at = self._drain_at
+        if drain_at is not None and self.position >= drain_at:
+            return StepResult(0, self.position, idle=True, wait=MAINTENANCE_INTERVAL_S)
         events = session.read_all(self.position, self.batch_size)
+        if drain_at is not None:
+            events = [e for e in events if e.position <= drain_at]
         if not events:
             return StepResult(0, self.position, idle=True)
+        end = events[-1].position
+        segment = self.projection.segment
+        if segment is not None:
+            index, count = segment
+            events = [e for e in events if segment_of(e.stream_id, count) == index]
+            if not events:  # none of this segment's streams: only the checkpoint moves
+                self.position = session.apply_batch(self._lease(), self.position, end, 0, _nothing,
+                                                    pipeline=False, timeout=self.policy.batch_timeout)
+                return StepResult(0, self.position)
         if self._suspect:
             # Failures are recent: run straight with savepoints instead of failing twice.
-            return self._apply_isolated(events)
+            return self._apply_isolated(events, end)
         try:
-            self._apply_fast(events)
+            self._apply_fast(events, end)
         except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                 raise
             # A permanent error somewhere in the batch: find it with one savepoint per event.
-            return self._apply_isolated(events)
+            return self._apply_isolated(events, end)
         return StepResult(len(events), self.position)
 
-    def _apply_fast(self, events: list[RecordedEvent]) -> None:
+    def _apply_fast(self, events: list[RecordedEvent], end: int) -> None:
         handlers, catch_all, blocked = self._handlers, self._catch_all, self._blocked
         parked: Counter[int] = Counter()
 
@@ -535,12 +577,12 @@ class ProjectionRunner:
                     handler(event, tx)
             self._session().add_parked(dict(parked))
 
-        start, end = self.position, events[-1].position
+        start = self.position
         self._session().apply_batch(
             self._lease(), start, end, len(events), apply, timeout=self.policy.batch_timeout)
         self.position = end
 
-    def _apply_isolated(self, events: list[RecordedEvent]) -> StepResult:
+    def _apply_isolated(self, events: list[RecordedEvent], end: int) -> StepResult:
         """Re-runs a failed batch with one savepoint per event: the good events
         commit with the checkpoint, each bad one is recorded (and, under park,
         blocks its stream; under halt, ends the batch before it).
@@ -549,17 +591,17 @@ class ProjectionRunner:
         aborts that run, it cannot be pinned to an event, so the batch is run once
         more with every statement waiting for its result."""
         try:
-            failed = self._isolated_run(events, pipeline=True)
+            failed = self._isolated_run(events, end, pipeline=True)
         except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                 raise
-            failed = self._isolated_run(events, pipeline=False)
+            failed = self._isolated_run(events, end, pipeline=False)
         self._suspect = SUSPECT_BATCHES if failed else max(0, self._suspect - 1)
         return StepResult(len(events), self.position)
 
-    def _isolated_run(self, events: list[RecordedEvent], pipeline: bool) -> int:
+    def _isolated_run(self, events: list[RecordedEvent], end: int, pipeline: bool) -> int:
         """Applies a batch that failed, finding each failing event.
 
         Most poison events fail before their handler wrote anything (bad data
@@ -615,10 +657,12 @@ class ProjectionRunner:
                         state.last, state.count = events[rewind.index].position, state.count + 1
                     first = rewind.index + 1
             session.add_parked(dict(state.parked))
-            return state.last, state.count
+            # A halt stops the checkpoint at the last event applied; otherwise it covers
+            # the whole batch read (in a segment, other segments' events too).
+            return (state.last if state.halted else end), state.count
 
         self.position = session.apply_batch(
-            self._lease(), start, events[-1].position, len(events), apply, pipeline=pipeline,
+            self._lease(), start, end, len(events), apply, pipeline=pipeline,
             timeout=self.policy.batch_timeout)
         self._blocked = state.blocked
         if state.failed and on_error is OnError.HALT:

@@ -23,7 +23,7 @@ from typing import Any
 
 from stoic.errors import ConfigurationError
 from stoic.events import RecordedEvent
-from stoic.projection import Projection
+from stoic.projection import Projection, segment_of
 from stoic.store import OPEN_STATUSES, FailureRecord, FailureStatus, StoreSession, Transaction
 
 CHUNK = 200  #: streams read per snapshot: short read transactions, few round trips
@@ -74,9 +74,10 @@ class Snapshot:
     """What ``checks()`` may read: the read model (``execute``) and the events up
     to the checkpoint, all as of one moment."""
 
-    def __init__(self, session: StoreSession, tx: Transaction, name: str) -> None:
+    def __init__(self, session: StoreSession, tx: Transaction, name: str, segments: int | None = None) -> None:
         self._session, self.tx, self.name = session, tx, name
-        self.position = session.checkpoint(name)
+        self._segments = [session.checkpoint(f"{name}#{i}") for i in range(segments)] if segments else None
+        self.position = max(self._segments) if self._segments else session.checkpoint(name)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.tx.execute(sql, params)
@@ -88,7 +89,11 @@ class Snapshot:
             chunk = [e for e in self._session.read_all(after, batch) if e.position <= self.position]
             if not chunk:
                 return
-            yield from chunk
+            if self._segments is None:
+                yield from chunk
+            else:  # each stream up to its own segment's checkpoint
+                count = len(self._segments)
+                yield from (e for e in chunk if e.position <= self._segments[segment_of(e.stream_id, count)])
             after = chunk[-1].position
 
 
@@ -127,6 +132,17 @@ class Reconciler:
         self.session, self.projection, self.name = session, projection, projection.name
         handled = projection.handled_types()
         self.types: list[str] | None = None if "*" in handled else sorted(handled)
+        self.segments = session.segment_count(projection.name) if projection.segment is None else None
+
+    def _row(self, stream_id: str) -> str:
+        """The checkpoint row that covers a stream (its segment's, when segmented)."""
+        return f"{self.name}#{segment_of(stream_id, self.segments)}" if self.segments else self.name
+
+    def _checkpoint(self) -> int:
+        """The highest checkpoint over the projection's rows (for listing streams)."""
+        if not self.segments:
+            return self.session.checkpoint(self.name)
+        return max(self.session.checkpoint(f"{self.name}#{i}") for i in range(self.segments))
 
     def run(self, stream_ids: Sequence[str] | None = None, checks: bool = True) -> ReconcileReport:
         """Checks the given streams (all of the projection's when None) and, when
@@ -146,7 +162,7 @@ class Reconciler:
         results: list[CheckResult] = []
         if checks:
             with self.session.read_snapshot() as tx:
-                snapshot = Snapshot(self.session, tx, self.name)
+                snapshot = Snapshot(self.session, tx, self.name, self.segments)
                 position = position or snapshot.position
                 results = list(self.projection.checks(snapshot))
         return ReconcileReport(
@@ -158,7 +174,7 @@ class Reconciler:
         """Up to ``size`` distinct streams picked at random positions below the
         checkpoint (busier streams are picked more often)."""
         rng = rng or random.Random()
-        position = self.session.checkpoint(self.name)
+        position = self._checkpoint()
         found: dict[str, None] = {}
         for _ in range(size * 3):
             if position < 1 or len(found) >= size:
@@ -174,7 +190,7 @@ class Reconciler:
             for i in range(0, len(unique), CHUNK):
                 yield unique[i:i + CHUNK]
             return
-        upto = self.session.checkpoint(self.name)
+        upto = self._checkpoint()
         after = ""
         while True:
             page = self.session.stream_ids(upto, after, self.types, CHUNK)
@@ -187,12 +203,14 @@ class Reconciler:
         found: dict[str, list[Mismatch]] = {}
         parked: list[str] = []
         with self.session.read_snapshot() as tx:
-            position = self.session.checkpoint(self.name)
+            position = self._checkpoint()
             for stream_id in chunk:
-                failures = self.session.stream_failures(self.name, stream_id)
+                row = self._row(stream_id)
+                failures = self.session.stream_failures(row, stream_id)
                 if any(f.status in OPEN_STATUSES and f.blocking for f in failures):
                     parked.append(stream_id)
-                events = applied_events(self.session.read_stream_range(stream_id, 0, position), failures)
+                upto = self.session.checkpoint(row) if self.segments else position
+                events = applied_events(self.session.read_stream_range(stream_id, 0, upto), failures)
                 expected = self.projection.expected_state(stream_id, events)
                 actual = self.projection.actual_state(stream_id, tx)
                 differences = compare(stream_id, expected, actual)

@@ -24,12 +24,13 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 
 from stoic.errors import CircuitOpen, ConfigurationError, LeaseLost, StoicError, TransientError
 from stoic.projection import App, Projection
 from stoic.projection_runner import ProjectionRunner
-from stoic.store import Store
+from stoic.store import ProjectionState, Store
 
 log = logging.getLogger("stoic.runner")
 
@@ -38,6 +39,9 @@ CLAIM_INTERVAL_S = 1.0  #: how often a worker looks for projections to take, sec
 IDLE_WAIT_S = 0.5  #: longest wait for new events before re-checking stop/lease, seconds
 RETRY_INITIAL_S = 0.05  #: first back-off after a failed batch, seconds
 RETRY_MAX_S = 10.0  #: longest back-off between attempts at a failing batch, seconds
+
+
+HANDBACK_COOLDOWN_S = 300.0  #: how long an orphan handed back (and not taken) is kept before offered again
 
 
 def new_worker_id() -> str:
@@ -77,10 +81,9 @@ class Runner:
         self.app = app
         self.worker_id = worker_id or new_worker_id()
         selected = list(projections) if projections is not None else None
-        chosen = [app.projection(name) for name in selected] if selected is not None else app.projections
-        # A versioned projection also gets a build unit (``<name>@build``): idle until its
-        # version changes or an operator asks for a rebuild. Builds run first.
-        self.projections = [p.builder() for p in chosen if p.versioned] + list(chosen)
+        self._chosen = [app.projection(name) for name in selected] if selected is not None else app.projections
+        self._warned: set[str] = set()
+        self.projections = self._units(())  # as the code says; refreshed from the store's rows when run
         self.lease_ttl = lease_ttl
         self.claim_interval = claim_interval
         self.batch_size = batch_size
@@ -90,6 +93,37 @@ class Runner:
         self._release: dict[str, threading.Event] = {}
         self._orphans: set[str] = set()  # taken over the fair share because nobody else did
         self._free_since: dict[str, float] = {}  # projection -> when this worker first saw it free
+        self._offered: dict[str, float] = {}  # orphan -> when it was last handed back
+
+    def _units(self, states: Iterable[ProjectionState]) -> list[Projection]:
+        """What this worker may run, each under its own checkpoint and lease: a
+        versioned projection's build unit (``<name>@build``, idle until its version
+        changes or an operator asks; builds run first), each segment of a
+        segmented projection (``<name>#<index>``, as many as its rows say), and
+        every other projection itself."""
+        stored: dict[str, int] = {}
+        plain: set[str] = set()
+        for state in states:
+            base, sep, _ = state.name.rpartition("#")
+            if sep and state.segments:
+                stored[base] = max(stored.get(base, 0), state.segments)
+            elif state.position > 0:
+                plain.add(state.name)
+        for name in plain:
+            stored.setdefault(name, 1)  # processed unsegmented so far: the rows are the truth
+        units = [p.builder() for p in self._chosen if p.versioned]
+        for projection in self._chosen:
+            count = stored.get(projection.name, projection.segments)
+            if count != projection.segments and projection.name not in self._warned:
+                self._warned.add(projection.name)
+                log.warning("%s runs %d segments; the code asks for %d: run `stoic resegment %s --to %d`",
+                            projection.name, count, projection.segments, projection.name, projection.segments,
+                            extra={"action": "segments_differ", "projection": projection.name})
+            if count > 1:
+                units.extend(projection.for_segment(index, count) for index in range(count))
+            else:
+                units.append(projection)
+        return units
 
     # -- worker identity --------------------------------------------------------------
 
@@ -145,6 +179,7 @@ class Runner:
         self._register(stop_heartbeat)
         positions: dict[str, int] = {}
         try:
+            self.projections = self._units(self.store.projections())
             for projection in self.projections:
                 runner = self._runner(projection)
                 try:
@@ -239,20 +274,32 @@ class Runner:
         return [name for name, thread in self._threads.items() if thread.is_alive()]
 
     def _rebalance(self) -> None:
+        states = {s.name: s for s in self.store.projections()}
+        self.projections = self._units(states.values())
         for name in [n for n, t in self._threads.items() if not t.is_alive()]:
             del self._threads[name]
             self._release.pop(name, None)
             self._orphans.discard(name)
-        alive_workers = sum(1 for w in self.store.workers() if w.alive) or 1
-        target = math.ceil(len(self.projections) / alive_workers)
+        alive = [w.worker_id for w in self.store.workers() if w.alive]
+        target = math.ceil(len(self.projections) / (len(alive) or 1))
         held = [name for name in self.held if name not in self._orphans]
         if len(held) > target:
             # Hand the surplus back, newest first; another worker takes it.
             for name in held[target:]:
                 self._release[name].set()
             return
-        states = {s.name: s for s in self.store.projections()}
         now = time.monotonic()
+        if len(self.held) > target and self._orphans & set(self.held):
+            # An orphan kept over the fair share goes back when another worker has room
+            # (e.g. it started after this one took everything); if nobody takes it, it
+            # is an orphan again two rounds later, and is not offered again for a while.
+            load = Counter(s.holder for s in states.values() if s.holder and s.holder_alive)
+            if any(load.get(worker, 0) < target for worker in alive if worker != self.worker_id):
+                for name in sorted(self._orphans & set(self.held)):
+                    if now - self._offered.get(name, -HANDBACK_COOLDOWN_S) >= HANDBACK_COOLDOWN_S:
+                        self._offered[name] = now
+                        self._release[name].set()
+                        return
         free = {
             p.name for p in self.projections
             if p.name not in self._threads and not (

@@ -81,6 +81,7 @@ class ProjectionState:
     holder_alive: bool
     epoch: int
     updated_at: datetime | None
+    segments: int | None = None  #: on a segment row (``<name>#<index>``): the projection's segment count
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +305,9 @@ T = TypeVar("T")
 class StoreSession(Protocol):
     """One connection, owned by one projection runner (one thread)."""
 
-    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
+    def ensure_projection(
+        self, name: str, idempotent: bool = False, resettable: bool = False, segments: int | None = None
+    ) -> None:
         """Creates the projection's checkpoint row at position 0 if it is missing."""
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
@@ -420,6 +423,19 @@ class StoreSession(Protocol):
 
     def record_build_note(self, name: str, note: str | None) -> None:
         """Records why a build's switch was refused (None: clears it)."""
+
+    def segment_count(self, base: str) -> int | None:
+        """How many segments a segmented projection's rows split it into (None: no rows)."""
+
+    def segment_rows(self, base: str) -> list[tuple[str, int, str | None, int | None, int]]:
+        """A segmented projection's rows: (name, position, request, request position, segments)."""
+
+    def cancel_request(self, name: str) -> None:
+        """Drops a row's pending request."""
+
+    def resegment(self, tx: Transaction, base: str, old: Sequence[str], count: int, position: int) -> None:
+        """Inside a transaction: replaces the segment rows ``old`` with ``count`` new
+        ones at ``position``; each failure moves to the row now owning its stream."""
 
     def read_snapshot(self) -> contextlib.AbstractContextManager[Transaction]:
         """A read-only transaction that sees one consistent state (checkpoint,

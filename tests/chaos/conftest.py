@@ -23,7 +23,6 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
@@ -133,14 +132,3 @@ def _has_user(name: str) -> bool:
         return False
     return True
 
-
-def wait_for_port_closed(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.settimeout(0.2)
-            s.connect(("127.0.0.1", port))
-            time.sleep(0.05)
-            continue
-        return
-    raise AssertionError(f"port {port} still accepts connections")

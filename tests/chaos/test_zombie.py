@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.apps import Processes, append_bulk, check_exactly_once, checkpoints, wait_until
+from tests.apps import Processes, append_bulk, check_exactly_once, checkpoints, process_state, wait_until
 
 import stoic
 
@@ -101,3 +101,71 @@ def test_frozen_worker_cannot_commit_after_takeover(shared_url: str, tmp_path: P
         f"{'-' if takeover is None else f'{takeover:.2f} s'}; zombie logged lease_lost: "
         f"{'lease_lost' in zombie_actions}; appliers in position order {runs}, epoch {epoch}"
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_zombie_frozen_inside_a_batch_commits_nothing(make_url, tmp_path: Path) -> None:
+    """The zombie freezes itself (SIGSTOP from its own handler) in the middle of a batch
+    whose writes are on the server, uncommitted. Its lease expires, the rival takes the
+    projection and waits on the zombie's row locks; after SIGCONT the zombie finishes
+    applying the batch, its fenced checkpoint move fails (``lease_lost``), the whole batch
+    rolls back, and the zombie steps back: it stays up, holds nothing, exits 0. Every
+    event of the in-flight batch is applied by the rival, exactly once."""
+    url = make_url("postgres")
+    store = stoic.connect(url)
+    events, batch, freeze_at = 3000, 100, 1550
+    batch_start = (freeze_at - 1) // batch * batch  # the checkpoint the in-flight batch starts from
+    append_bulk(store, events, seed=14, streams=30)
+    flag = tmp_path / "frozen"
+    options = {"lease_ttl": LEASE_TTL, "claim_interval": 0.25, "batch_size": batch,
+               "app": "tests.apps:make_freeze_app"}
+
+    def holder() -> str | None:
+        return {s.name: s.holder for s in store.projections()}.get(NAME)
+
+    with Processes(tmp_path) as procs:
+        zombie = procs.worker(url, env={"STOIC_TEST_FREEZE_AT": str(freeze_at),
+                                        "STOIC_TEST_FREEZE_FLAG": str(flag)}, **options)  # type: ignore[arg-type]
+        wait_until(lambda: zombie.owns(holder()), 20, "the zombie to take the projection")
+        rival = procs.worker(url, **options)  # type: ignore[arg-type]
+        wait_until(lambda: any(w.pid == rival.pid for w in store.workers()), 20, "the rival to register")
+        wait_until(lambda: flag.exists() and process_state(zombie.pid) == "T", 30, "the zombie to freeze itself")
+        frozen = time.monotonic()
+        try:
+            # Frozen mid-batch: the batch's rows are on the server but not committed.
+            assert checkpoints(store)[NAME] == batch_start
+            assert store.query(f"SELECT count(*) FROM {NAME}_ledger WHERE position > ?", (batch_start,)) == [(0,)]
+            wait_until(lambda: rival.owns(holder()), LEASE_TTL + 3, "the takeover while the zombie is frozen")
+            takeover = time.monotonic() - frozen
+            time.sleep(0.5)
+            # The rival re-applies from the checkpoint and waits on the zombie's row locks.
+            assert checkpoints(store)[NAME] == batch_start
+            assert process_state(zombie.pid) == "T"
+        finally:
+            zombie.send(signal.SIGCONT)
+        wait_until(lambda: checkpoints(store)[NAME] == events, 30, "the rival to finish the catch-up")
+        wait_until(lambda: any(r.get("action") == "lease_lost" for r in zombie.records()), 10,
+                   "the zombie to log lease_lost")
+        time.sleep(3 * 0.25)  # a few claim rounds: the zombie must not take the projection back
+        assert rival.owns(holder()) and zombie.running
+        for worker in (zombie, rival):
+            worker.send(signal.SIGTERM)
+        codes = [zombie.wait(15), rival.wait(15)]
+
+    assert codes == [0, 0], (zombie.log_text()[-2000:], rival.log_text()[-2000:])
+    check_exactly_once(store, [NAME], upto=events)
+    rows = store.query(f"SELECT position, pid FROM {NAME}_ledger ORDER BY position")
+    appliers = [(pid, [p for p, _ in group]) for pid, group in itertools.groupby(rows, key=lambda r: int(r[1]))]
+    # The zombie committed exactly the batches before the frozen one; the rival everything after.
+    assert [(pid, ps[0], ps[-1]) for pid, ps in appliers] == [
+        (zombie.pid, 1, batch_start), (rival.pid, batch_start + 1, events)], [(p, s[0], s[-1]) for p, s in appliers]
+    lost = [r for r in zombie.records() if r.get("action") == "lease_lost"]
+    assert len(lost) == 1 and lost[0].get("projection") == NAME, lost
+    for worker in (zombie, rival):
+        bad = [r for r in worker.records() if r.get("level") in ("error", "critical") or "raw" in r]
+        assert not bad, bad[:5]
+    assert store.list_failures() == []
+    store.close()
+    print(f"\nzombie froze itself at position {freeze_at} (batch from {batch_start}); rival took over after "
+          f"{takeover:.2f} s and waited on the zombie's row locks; zombie logged lease_lost: {lost[0]['message']}")

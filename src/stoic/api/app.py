@@ -200,6 +200,8 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
 
     @api.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like the rest
+            return _error(422, "invalid_request", str(exc.detail))
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 

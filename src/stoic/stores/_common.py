@@ -38,6 +38,7 @@ from stoic.events import (
     validate_stream_id,
 )
 from stoic.metrics import APPENDED_EVENTS, APPENDS
+from stoic.projection import segment_of
 from stoic.store import AppendItem, Lease, T, Transaction, Versioning
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
@@ -472,3 +473,43 @@ class SessionVersioning:
     def record_build_note(self, name: str, note: str | None) -> None:
         with self._write():
             self.conn.execute(self.Q["build_note"], (note, name))
+
+
+class SessionSegments:
+    """The segmented-projection calls of a session, the same on both backends."""
+
+    Q: dict[str, str]
+    conn: Any
+
+    def _write(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _fetch(self, query: str, params: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def segment_count(self, base: str) -> int | None:
+        rows = self._fetch(self.Q["segment_count"], {"prefix": f"{base}#"})
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def segment_rows(self, base: str) -> list[tuple[str, int, str | None, int | None, int]]:
+        return [tuple(r) for r in self._fetch(self.Q["segment_rows"], {"prefix": f"{base}#"})]  # type: ignore[misc]
+
+    def cancel_request(self, name: str) -> None:
+        with self._write():
+            self.conn.execute(self.Q["cancel_request"], (name,))
+
+    def resegment(self, tx: Transaction, base: str, old: Sequence[str], count: int, position: int) -> None:
+        moves = []
+        for name in old:
+            moves.extend((failure_id, stream_id) for failure_id, stream_id in
+                         self.conn.execute(self.Q["failures_of"], (name,)).fetchall())
+            self.conn.execute(self.Q["delete_projection"], (name,))
+        def row(index: int) -> str:
+            return base if count == 1 else f"{base}#{index}"
+
+        for index in range(count):
+            self.conn.execute(self.Q["insert_segment"], {
+                "name": row(index), "segments": None if count == 1 else count, "position": position,
+                "now": time.time()})
+        for failure_id, stream_id in moves:
+            self.conn.execute(self.Q["move_failure"], (row(segment_of(stream_id, count)), failure_id))

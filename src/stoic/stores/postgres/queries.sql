@@ -63,7 +63,7 @@ SELECT event_id::text, stream_id, version, position FROM stoic_events WHERE even
 
 -- name: ensure_projection
 -- Creates a projection's row at position 0 if it is missing; records what it declares.
-INSERT INTO stoic_projections AS p (name, idempotent, resettable) VALUES (%s, %s, %s)
+INSERT INTO stoic_projections AS p (name, idempotent, resettable, segments) VALUES (%s, %s, %s, %s)
 ON CONFLICT (name) DO UPDATE SET idempotent = excluded.idempotent, resettable = excluded.resettable
 WHERE p.idempotent <> excluded.idempotent OR p.resettable <> excluded.resettable;
 
@@ -90,7 +90,8 @@ WHERE name = %s AND holder = %s AND epoch = %s;
 -- Moves the checkpoint, fenced: only from the expected position, only under the current lease.
 UPDATE stoic_projections
 SET position = %(end)s, events_processed = events_processed + %(count)s, updated_at = now()
-WHERE name = %(name)s AND position = %(start)s AND holder = %(worker)s AND epoch = %(epoch)s;
+WHERE name = %(name)s AND position = %(start)s AND holder = %(worker)s AND epoch = %(epoch)s
+  AND (request IS NULL OR request <> 'drain' OR %(end)s <= request_position);
 
 -- name: checkpoint
 -- Returns a projection's committed checkpoint.
@@ -99,7 +100,7 @@ SELECT position FROM stoic_projections WHERE name = %s;
 -- name: projections
 -- Lists projections with their holder's liveness.
 SELECT p.name, p.position, p.events_processed, p.holder,
-       coalesce(w.expires_at > now(), false) AS holder_alive, p.epoch, p.updated_at
+       coalesce(w.expires_at > now(), false) AS holder_alive, p.epoch, p.updated_at, p.segments
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -413,3 +414,25 @@ UPDATE stoic_projections SET build_note = %s WHERE name = %s;
 SELECT CASE c.relkind WHEN 'v' THEN 'view' ELSE 'table' END
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relname = %s AND c.relkind IN ('r', 'v', 'p');
+
+-- name: segment_count
+-- The segment count of a segmented projection's rows (named <base>#<index>), NULL when it has none.
+SELECT max(segments) FROM stoic_projections WHERE starts_with(name, %(prefix)s) AND segments IS NOT NULL;
+
+-- name: segment_rows
+-- A segmented projection's rows: name, position, request, request position.
+SELECT name, position, request, request_position, segments FROM stoic_projections
+WHERE starts_with(name, %(prefix)s) AND segments IS NOT NULL ORDER BY name;
+
+-- name: cancel_request
+-- Drops a pending request (a resegmentation that gave up).
+UPDATE stoic_projections SET request = NULL, request_position = NULL, request_streams = NULL WHERE name = %s;
+
+-- name: move_failure
+UPDATE stoic_failures SET projection = %s WHERE id = %s;
+
+-- name: failures_of
+SELECT id, stream_id FROM stoic_failures WHERE projection = %s;
+
+-- name: insert_segment
+INSERT INTO stoic_projections (name, segments, position) VALUES (%(name)s, %(segments)s, %(position)s);

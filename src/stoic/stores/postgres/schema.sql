@@ -61,7 +61,8 @@ CREATE TABLE stoic_projections (
     previous_generation INTEGER,
     previous_position   BIGINT,
     switched_at         TIMESTAMPTZ,
-    build_note          TEXT
+    build_note          TEXT,
+    segments            INTEGER
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future

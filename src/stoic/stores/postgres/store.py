@@ -69,6 +69,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    SessionSegments,
     SessionVersioning,
     StoreBase,
     Watchdog,
@@ -628,7 +629,7 @@ class PostgresStore(StoreBase):
         return f"PostgresStore(schema={self.schema!r})"
 
 
-class PostgresSession(SessionVersioning):
+class PostgresSession(SessionVersioning, SessionSegments):
     """One projection runner's connection: autocommit, with explicit batch transactions."""
 
     Q = Q
@@ -645,9 +646,11 @@ class PostgresSession(SessionVersioning):
         self.store = store
         self.conn = store.connect(autocommit=True)
 
-    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
+    def ensure_projection(
+        self, name: str, idempotent: bool = False, resettable: bool = False, segments: int | None = None
+    ) -> None:
         with translate_errors():
-            self.conn.execute(Q["ensure_projection"], (name, idempotent, resettable))
+            self.conn.execute(Q["ensure_projection"], (name, idempotent, resettable, segments))
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
         with translate_errors(), self.conn.transaction():

@@ -25,7 +25,7 @@ FROM stoic_events WHERE stream_id = ? AND version >= ? ORDER BY version LIMIT ?;
 
 -- name: ensure_projection
 -- Creates a projection's row at position 0 if it is missing; records what it declares.
-INSERT INTO stoic_projections (name, created_at, idempotent, resettable) VALUES (?, ?, ?, ?)
+INSERT INTO stoic_projections (name, created_at, idempotent, resettable, segments) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET idempotent = excluded.idempotent, resettable = excluded.resettable
 WHERE idempotent <> excluded.idempotent OR resettable <> excluded.resettable;
 
@@ -49,7 +49,8 @@ WHERE name = ? AND holder = ? AND epoch = ?;
 -- Moves the checkpoint, fenced: only from the expected position, only under the current lease.
 UPDATE stoic_projections
 SET position = :end, events_processed = events_processed + :count, updated_at = :now
-WHERE name = :name AND position = :start AND holder = :worker AND epoch = :epoch;
+WHERE name = :name AND position = :start AND holder = :worker AND epoch = :epoch
+  AND (request IS NULL OR request <> 'drain' OR :end <= request_position);
 
 -- name: checkpoint
 -- Returns a projection's committed checkpoint.
@@ -58,7 +59,7 @@ SELECT position FROM stoic_projections WHERE name = ?;
 -- name: projections
 -- Lists projections with their holder's liveness.
 SELECT p.name, p.position, p.events_processed, p.holder,
-       (w.expires_at IS NOT NULL AND w.expires_at > ?) AS holder_alive, p.epoch, p.updated_at
+       (w.expires_at IS NOT NULL AND w.expires_at > ?) AS holder_alive, p.epoch, p.updated_at, p.segments
 FROM stoic_projections p LEFT JOIN stoic_workers w ON w.worker_id = p.holder
 ORDER BY p.name;
 
@@ -356,3 +357,25 @@ UPDATE stoic_projections SET build_note = ? WHERE name = ?;
 -- name: relation_kind
 -- Whether a name is a table or a view in this database ('table', 'view' or nothing).
 SELECT type FROM sqlite_master WHERE name = ? AND type IN ('table', 'view');
+
+-- name: segment_count
+-- The segment count of a segmented projection's rows (named <base>#<index>), NULL when it has none.
+SELECT max(segments) FROM stoic_projections WHERE substr(name, 1, length(:prefix)) = :prefix AND segments IS NOT NULL;
+
+-- name: segment_rows
+-- A segmented projection's rows: name, position, request, request position.
+SELECT name, position, request, request_position, segments FROM stoic_projections
+WHERE substr(name, 1, length(:prefix)) = :prefix AND segments IS NOT NULL ORDER BY name;
+
+-- name: cancel_request
+-- Drops a pending request (a resegmentation that gave up).
+UPDATE stoic_projections SET request = NULL, request_position = NULL, request_streams = NULL WHERE name = ?;
+
+-- name: move_failure
+UPDATE stoic_failures SET projection = ? WHERE id = ?;
+
+-- name: failures_of
+SELECT id, stream_id FROM stoic_failures WHERE projection = ?;
+
+-- name: insert_segment
+INSERT INTO stoic_projections (name, created_at, segments, position) VALUES (:name, :now, :segments, :position);

@@ -60,7 +60,8 @@ CREATE TABLE stoic_projections (
     previous_generation INTEGER,
     previous_position   INTEGER,
     switched_at         REAL,
-    build_note          TEXT
+    build_note          TEXT,
+    segments            INTEGER
 );
 
 -- Worker processes; a worker is alive while expires_at is in the future.

@@ -59,6 +59,7 @@ from stoic.store import (
 )
 from stoic.stores._common import (
     PreparedAppend,
+    SessionSegments,
     SessionVersioning,
     StoreBase,
     Watchdog,
@@ -264,15 +265,33 @@ class SQLiteStore(StoreBase):
     @contextlib.contextmanager
     def write_transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-        with self.guard(), translate_errors():
-            self._begin_immediate(conn)
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        try:
+            with self.guard(), translate_errors():
+                self._begin_immediate(conn)
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except StoreUnavailable:
+            self._forget_connection(conn)
+            raise
+
+    def _forget_connection(self, conn: sqlite3.Connection) -> None:
+        """Drops this thread's connection after a store error (read-only file, I/O error,
+        full disk), so that the next call opens a fresh one: SQLite opens a file it may
+        not write read-only, and such a connection stays read-only after the file is
+        writable again. (Runner sessions are replaced by their runner.)"""
+        if self.memory or getattr(self._local, "conn", None) is not conn:
+            return
+        self._local.conn = None
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """Takes the write lock, asking again every slice until ``busy_timeout``."""
@@ -457,8 +476,8 @@ class SQLiteStore(StoreBase):
     def projections(self) -> list[ProjectionState]:
         """Returns the state of every known projection."""
         return [
-            ProjectionState(n, p, c, h, bool(a), e, _ts(u))
-            for (n, p, c, h, a, e, u) in self._read(Q["projections"], (time.time(),))
+            ProjectionState(n, p, c, h, bool(a), e, _ts(u), s)
+            for (n, p, c, h, a, e, u, s) in self._read(Q["projections"], (time.time(),))
         ]
 
     # -- failures, audit and operator state ------------------------------------------
@@ -607,7 +626,7 @@ class SQLiteStore(StoreBase):
         return f"SQLiteStore({self.url!r})"
 
 
-class SQLiteSession(SessionVersioning):
+class SQLiteSession(SessionVersioning, SessionSegments):
     """One projection runner's connection to a SQLite store."""
 
     Q = Q
@@ -622,9 +641,11 @@ class SQLiteSession(SessionVersioning):
         self.store = store
         self.conn = store._conn() if store.memory else store._new_connection()
 
-    def ensure_projection(self, name: str, idempotent: bool = False, resettable: bool = False) -> None:
+    def ensure_projection(
+        self, name: str, idempotent: bool = False, resettable: bool = False, segments: int | None = None
+    ) -> None:
         with self.store.write_transaction(self.conn):
-            self.conn.execute(Q["ensure_projection"], (name, time.time(), int(idempotent), int(resettable)))
+            self.conn.execute(Q["ensure_projection"], (name, time.time(), int(idempotent), int(resettable), segments))
 
     def run_setup(self, name: str, setup: Callable[[Transaction], None]) -> None:
         with self.store.write_transaction(self.conn):

@@ -24,4 +24,6 @@ ALTER TABLE stoic_projections
     ADD COLUMN previous_generation INTEGER,
     ADD COLUMN previous_position   BIGINT,
     ADD COLUMN switched_at         TIMESTAMPTZ,
-    ADD COLUMN build_note          TEXT;
+    ADD COLUMN build_note          TEXT,
+    -- Segmented projections: a segment row's segment count (its index is in its name).
+    ADD COLUMN segments            INTEGER;

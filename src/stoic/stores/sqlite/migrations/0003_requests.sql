@@ -26,3 +26,6 @@ ALTER TABLE stoic_projections ADD COLUMN previous_generation INTEGER;
 ALTER TABLE stoic_projections ADD COLUMN previous_position INTEGER;
 ALTER TABLE stoic_projections ADD COLUMN switched_at REAL;
 ALTER TABLE stoic_projections ADD COLUMN build_note TEXT;
+
+-- Segmented projections: a segment row's segment count (its index is in its name).
+ALTER TABLE stoic_projections ADD COLUMN segments INTEGER;
