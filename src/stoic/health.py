@@ -1,7 +1,7 @@
 """Truthful health per projection: a status, and for every non-healthy status
 the causes — a stable code and a sentence that says why.
 
-The rules (docs/health.md lists them for operators):
+The rules (docs/failures.md lists them for operators):
 
 =========  ==================================================================
 paused     an operator paused the projection

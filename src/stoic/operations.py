@@ -284,7 +284,8 @@ class Operations:
                 if len(batch) < 500 or not pending:
                     break
         self.store.record_audit(AuditRecord(
-            _actor(actor), "retry-all", f"projection:{projection}", why, f"ok: {len(changed)} failures",
+            _actor(actor), "retry-all", f"projection:{projection}", why,
+            f"ok: {len(changed)} failure{'' if len(changed) == 1 else 's'}",
             {"failure_ids": [f.id for f in changed][:1000]}))
         return changed
 
@@ -598,6 +599,12 @@ class Operations:
 
     def _request_rewind(self, projection: str, action: str, position: int, actor: str,
                         reason: str | None, streams: list[str] | None = None) -> RewindRequest:
+        pending = self._details(projection)
+        if pending is not None and pending.request is not None and pending.request != action:
+            who = f" by {pending.requested_by}" if pending.requested_by else ""
+            self._refuse(action, projection, actor, reason, (
+                f"cannot {action} {projection!r}: a {pending.request} requested{who} is still pending; wait until "
+                "the projection's holder has carried it out (see its checkpoint)"))
         head = self.store.head()
         seq = self.store.request_rewind(projection, action, position, actor, reason, streams)
         if seq is None:

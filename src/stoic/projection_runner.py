@@ -534,29 +534,41 @@ class ProjectionRunner:
         if not events:
             return StepResult(0, self.position, idle=True)
         end = events[-1].position
+        others: list[int] = []  # positions of other segments' events: covered by the checkpoint, not applied
         segment = self.projection.segment
         if segment is not None:
             index, count = segment
-            events = [e for e in events if segment_of(e.stream_id, count) == index]
+            mine = []
+            for event in events:
+                if segment_of(event.stream_id, count) == index:
+                    mine.append(event)
+                else:
+                    others.append(event.position)
+            events = mine
             if not events:  # none of this segment's streams: only the checkpoint moves
-                self.position = session.apply_batch(self._lease(), self.position, end, 0, _nothing,
+                self.position = session.apply_batch(self._lease(), self.position, end, len(others), _nothing,
                                                     pipeline=False, timeout=self.policy.batch_timeout)
                 return StepResult(0, self.position)
         if self._suspect:
             # Failures are recent: run straight with savepoints instead of failing twice.
-            return self._apply_isolated(events, end)
+            return self._apply_isolated(events, end, others)
         try:
-            self._apply_fast(events, end)
+            self._apply_fast(events, end, len(others))
         except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                 raise
-            # A permanent error somewhere in the batch: find it with one savepoint per event.
-            return self._apply_isolated(events, end)
+            fast_failed = True
+        else:
+            fast_failed = False
+        if fast_failed:
+            # A permanent error somewhere in the batch: find it with one savepoint per event
+            # (outside the except block, so recorded tracebacks do not chain this error).
+            return self._apply_isolated(events, end, others)
         return StepResult(len(events), self.position)
 
-    def _apply_fast(self, events: list[RecordedEvent], end: int) -> None:
+    def _apply_fast(self, events: list[RecordedEvent], end: int, others: int = 0) -> None:
         handlers, catch_all, blocked = self._handlers, self._catch_all, self._blocked
         parked: Counter[int] = Counter()
 
@@ -579,10 +591,10 @@ class ProjectionRunner:
 
         start = self.position
         self._session().apply_batch(
-            self._lease(), start, end, len(events), apply, timeout=self.policy.batch_timeout)
+            self._lease(), start, end, len(events) + others, apply, timeout=self.policy.batch_timeout)
         self.position = end
 
-    def _apply_isolated(self, events: list[RecordedEvent], end: int) -> StepResult:
+    def _apply_isolated(self, events: list[RecordedEvent], end: int, others: list[int] | None = None) -> StepResult:
         """Re-runs a failed batch with one savepoint per event: the good events
         commit with the checkpoint, each bad one is recorded (and, under park,
         blocks its stream; under halt, ends the batch before it).
@@ -591,17 +603,19 @@ class ProjectionRunner:
         aborts that run, it cannot be pinned to an event, so the batch is run once
         more with every statement waiting for its result."""
         try:
-            failed = self._isolated_run(events, end, pipeline=True)
+            failed = self._isolated_run(events, end, others or [], pipeline=True)
         except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
             if classify(exc, self.policy.classifier) is Kind.TRANSIENT:
                 raise
-            failed = self._isolated_run(events, end, pipeline=False)
+            failed = None
+        if failed is None:  # outside the except block: recorded tracebacks must not chain
+            failed = self._isolated_run(events, end, others or [], pipeline=False)
         self._suspect = SUSPECT_BATCHES if failed else max(0, self._suspect - 1)
         return StepResult(len(events), self.position)
 
-    def _isolated_run(self, events: list[RecordedEvent], end: int, pipeline: bool) -> int:
+    def _isolated_run(self, events: list[RecordedEvent], end: int, others: list[int], pipeline: bool) -> int:
         """Applies a batch that failed, finding each failing event.
 
         Most poison events fail before their handler wrote anything (bad data
@@ -659,10 +673,11 @@ class ProjectionRunner:
             session.add_parked(dict(state.parked))
             # A halt stops the checkpoint at the last event applied; otherwise it covers
             # the whole batch read (in a segment, other segments' events too).
-            return (state.last if state.halted else end), state.count
+            reached = state.last if state.halted else end
+            return reached, state.count + sum(1 for position in others if position <= reached)
 
         self.position = session.apply_batch(
-            self._lease(), start, end, len(events), apply, pipeline=pipeline,
+            self._lease(), start, end, len(events) + len(others), apply, pipeline=pipeline,
             timeout=self.policy.batch_timeout)
         self._blocked = state.blocked
         if state.failed and on_error is OnError.HALT:
@@ -723,8 +738,14 @@ class ProjectionRunner:
                 self.projection.setup(tx)
             session.finish_request(self.name, control.request_seq, target, reset)
 
+        # events_processed counts the events the checkpoint covers: a replay uncovers
+        # the ones after the target (a reset restarts the count in finish_request).
+        uncovered = 0 if reset else -(self.position - target)
         self.position = session.apply_batch(
-            self._lease(), self.position, target, 0, apply, pipeline=False, timeout=None)
+            self._lease(), self.position, target, uncovered, apply, pipeline=False, timeout=None)
+        self.store.record_audit(AuditRecord(
+            f"worker:{self.worker_id}", control.request or "rewind", f"projection:{self.name}", None,
+            f"done: checkpoint moved back to {target}", {"position": target, "seq": control.request_seq}))
         self._suspect = 0
         self._breaker_state, self._transient_streak = "closed", 0
         self._load_failures()

@@ -175,6 +175,7 @@ class Runner:
         ``timeout``, and StoreUnavailable if the store stays unreachable.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop.clear()
         stop_heartbeat = threading.Event()
         self._register(stop_heartbeat)
         positions: dict[str, int] = {}
@@ -213,7 +214,7 @@ class Runner:
 
     def _drain(self, runner: ProjectionRunner, deadline: float | None) -> int:
         connection_failures = 0
-        while True:
+        while not self._stop.is_set():  # stop() ends a catch-up after the batch in hand
             try:
                 result = runner.step()
                 connection_failures = 0
@@ -238,7 +239,8 @@ class Runner:
             if result.wait:
                 if deadline is not None and time.monotonic() + result.wait > deadline:
                     raise TransientError(f"projection {runner.name!r} did not catch up in time")
-                time.sleep(result.wait)
+                self._stop.wait(result.wait)
+        return runner.position
 
     # -- the long-running worker -------------------------------------------------------
 

@@ -177,7 +177,8 @@ def test_reset_with_the_app_rebuilds_the_read_model_here(runner: CliRunner, db: 
             FailureStatus.RESOLVED, "reset")
     finally:
         store.close()
-    [entry] = as_json(runner, "audit", "--db", db, "--action", "reset")
+    [done, entry] = as_json(runner, "audit", "--db", db, "--action", "reset")
+    assert (done["actor"], done["outcome"]) == ("worker:" + done["actor"][7:], "done: checkpoint moved back to 0")
     assert (entry["outcome"], entry["reason"], entry["details"]["head"]) == ("requested", "corrupted", 4)
 
 

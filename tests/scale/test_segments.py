@@ -87,7 +87,8 @@ def test_each_segment_has_its_own_checkpoint_and_applies_only_its_streams(store:
     assert sorted(rows) == ["seg#0", "seg#1", "seg#2", "seg#3"]
     assert {r.position for r in rows.values()} == {store.head()}
     assert {r.segments for r in rows.values()} == {4}
-    assert sum(r.events_processed for r in rows.values()) == 3000  # each event counted once, by its segment
+    # Each row counts the events its checkpoint covers (the late-arrival self-check relies on it).
+    assert {r.events_processed for r in rows.values()} == {3000}
     for stream, positions in order.items():
         assert positions == sorted(positions), f"{stream} out of order"
     check_complete(store)

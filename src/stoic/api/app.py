@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -156,7 +157,12 @@ def _reader(request: Request) -> None:
         authenticate(request, settings)
 
 
-def _admin(request: Request) -> Admin:
+BEARER = HTTPBearer(auto_error=False, description="The admin token (STOIC_ADMIN_TOKEN).")
+
+
+def _admin(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None) -> Admin:
+    """The admin behind the request (the bearer scheme is declared for OpenAPI; the
+    check itself is :func:`authenticate`, in constant time)."""
     return authenticate(request, request.app.state.settings)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+LOOPBACK_CLIENTS = {"127.0.0.1", "::1"}  #: socket peers that count as this machine
+LOOPBACK = LOOPBACK_CLIENTS | {"localhost"}  #: addresses a demo server may listen on
 _ACTOR = re.compile(r"^[\w.@:+/ -]{1,200}$")
 
 
@@ -67,7 +68,7 @@ def authenticate(request: Request, settings: ApiSettings) -> Admin:
     token = bearer(request)
     client = request.client.host if request.client else ""
     if settings.admin_token is None:
-        if settings.allow_loopback_admin and client in LOOPBACK:
+        if settings.allow_loopback_admin and client in LOOPBACK_CLIENTS:
             return Admin(_actor(request, f"anonymous@{client}"))
         raise AuthError(403, "admin_disabled",
                         "admin endpoints are disabled: no admin token is configured (set STOIC_ADMIN_TOKEN)")

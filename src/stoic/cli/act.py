@@ -87,7 +87,8 @@ def retry_all(projection: ProjectionArg, db: DbOption = None, app_ref: AppOption
     if as_json:
         print_json({"projection": projection, "retried": len(changed), "failure_ids": [f.id for f in changed]})
     else:
-        console.print(f"{len(changed)} failures of {projection} queued for retry", highlight=False)
+        console.print(f"{len(changed)} failure{'' if len(changed) == 1 else 's'} of {projection} queued for retry",
+                      highlight=False)
 
 
 @app.command()
@@ -162,14 +163,24 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
     projection is back at the head it had when asked; runs it here when nobody
     holds the projection and the app is known."""
     name = request.projection
-    total = 0 if request.action == "repair" else max(0, request.head - request.position)
-    runner_errors: list[BaseException] = []
+    here: HereRunner | None = None
     if not ops.checkpoint(name).holder_alive:
         if ops.app is None:
             err_console.print(f"[yellow]no live worker holds {name}:[/] the {request.action} runs when a worker "
                               "takes it (or pass --app to run it here)", highlight=False)
             return
-        run_here(ops, name, runner_errors)
+        here = HereRunner(ops, name)
+    try:
+        _follow(ops, request, here, timeout, quiet)
+    finally:
+        if here is not None:
+            here.stop()
+
+
+def _follow(ops: Operations, request: RewindRequest, here: HereRunner | None, timeout: float | None,
+            quiet: bool) -> None:
+    name = request.projection
+    total = 0 if request.action == "repair" else max(0, request.head - request.position)
     deadline = None if timeout is None else time.monotonic() + timeout
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -182,12 +193,13 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
             progress.update(task, completed=min(done, total) if total else int(carried_out))
             if carried_out and (request.action == "repair" or checkpoint.position >= request.head):
                 break
-            if runner_errors:
-                raise fail(runner_errors[0])
+            if here is not None and here.errors:
+                raise fail(here.errors[0])
             if deadline is not None and time.monotonic() > deadline:
+                where = "stops here (run it again, or let a worker finish it)" if here else "goes on in the worker"
                 raise fail(OperationTimeout(
-                    f"gave up following after {timeout} s; the {request.action} goes on in the worker "
-                    f"(at {checkpoint.position} of {request.head})"))
+                    f"gave up following after {timeout} s at {checkpoint.position} of {request.head}; the "
+                    f"{request.action} {where}"))
             time.sleep(0.2)
     elapsed = time.monotonic() - started
     if not quiet:
@@ -195,15 +207,23 @@ def follow(ops: Operations, request: RewindRequest, app_ref: str | None, timeout
                       + (f" ({total / elapsed:,.0f} events/s)" if elapsed > 0 and total else ""), highlight=False)
 
 
-def run_here(ops: Operations, name: str, errors: list[BaseException]) -> None:
-    """Runs one projection to the head in a background thread of this command."""
-    assert ops.app is not None
-    runner = Runner(ops.store, ops.app, projections=[name])
+class HereRunner:
+    """One projection run to the head in a background thread of this command (no
+    worker holds it); :meth:`stop` finishes the batch in hand before the store closes."""
 
-    def run() -> None:
+    def __init__(self, ops: Operations, name: str) -> None:
+        assert ops.app is not None
+        self.errors: list[BaseException] = []
+        self.runner = Runner(ops.store, ops.app, projections=[name])
+        self.thread = threading.Thread(target=self._run, name=f"stoic-{name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
         try:
-            runner.run_until_caught_up()
+            self.runner.run_until_caught_up()
         except StoicError as exc:
-            errors.append(exc)
+            self.errors.append(exc)
 
-    threading.Thread(target=run, name=f"stoic-{name}", daemon=True).start()
+    def stop(self) -> None:
+        self.runner.stop()
+        self.thread.join()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from stoic.errors import (
     TransientError,
     UnknownProjection,
 )
+from stoic.logs import configure_logging
 from stoic.operations import Operations
 from stoic.projection import App, load_app
 from stoic.store import Store, connect
@@ -39,7 +41,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-#: Exit codes, documented in docs/operations.md: scripts may branch on them.
+#: Exit codes, documented in docs/cli.md: scripts may branch on them.
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 2, 3, 4, 5
 _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (UnknownProjection, EXIT_NOT_FOUND),
@@ -83,6 +85,8 @@ def default_actor(actor: str | None) -> str:
 def operations(db: str | None, app_ref: str | None = None) -> Iterator[Operations]:
     """Opens the store (and the app when named) and turns Stoic errors into exits."""
     store: Store | None = None
+    if not logging.getLogger().handlers:
+        configure_logging("text", "error")  # a runner started here reports errors, not its routine
     try:
         application: App | None = load_app(app_ref) if app_ref else None
         store = connect(db, create=False) if _is_sqlite(db) else connect(db)

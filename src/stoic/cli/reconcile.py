@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stoic.cli.act import ProjectionArg, RateColumn, TimeoutOption, WaitOption, follow, run_here
+from stoic.cli.act import HereRunner, ProjectionArg, RateColumn, TimeoutOption, WaitOption, follow
 from stoic.cli.common import (
     EXIT_ERROR,
     ActorOption,
@@ -143,13 +143,23 @@ def follow_build(ops: Operations, projection: str, timeout: float | None) -> Non
     """A progress bar over the build row until the switch (or the timeout)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     build = f"{projection}@build"
-    errors: list[BaseException] = []
+    here: HereRunner | None = None
     if not any(w.alive for w in ops.store.workers()):
         if ops.app is None:
             err_console.print("[yellow]no live worker:[/] the build starts when a worker runs (or pass --app to "
                               "run it here)", highlight=False)
             return
-        run_here(ops, projection, errors)
+        here = HereRunner(ops, projection)
+    try:
+        _follow_build(ops, projection, build, here, deadline, timeout)
+    finally:
+        if here is not None:
+            here.stop()
+    console.print(f"{projection}: the new generation serves", highlight=False)
+
+
+def _follow_build(ops: Operations, projection: str, build: str, here: HereRunner | None, deadline: float | None,
+                  timeout: float | None) -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                   TimeRemainingColumn(), console=err_console) as progress:
         task = progress.add_task(f"rebuild {projection}", total=max(1, ops.store.head()))
@@ -163,9 +173,9 @@ def follow_build(ops: Operations, projection: str, timeout: float | None) -> Non
             elif projection in rows and rows[projection].request != "rebuild":
                 progress.update(task, completed=head, total=max(1, head))
                 break
-            if errors:
-                raise fail(errors[0])
+            if here is not None and here.errors:
+                raise fail(here.errors[0])
             if deadline is not None and time.monotonic() > deadline:
-                raise fail(OperationTimeout(f"gave up following after {timeout} s; the build goes on"))
+                raise fail(OperationTimeout(f"gave up following after {timeout} s; the build "
+                                            + ("stops here" if here else "goes on in the worker")))
             time.sleep(0.3)
-    console.print(f"{projection}: the new generation serves", highlight=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -136,6 +137,8 @@ def serve(
         signal.signal(sig, server.handle_exit)
     if work is not None:
         work.start()
+        # A worker that dies takes the process down with it, so a supervisor restarts both.
+        threading.Thread(target=_exit_when_done, args=(work, server), name="stoic-watch", daemon=True).start()
     console.print(f"Stoic API and dashboard on http://{host}:{port}/ "
                   f"({'API only' if work is None else 'with a worker'})", highlight=False)
     try:
@@ -148,12 +151,29 @@ def serve(
         raise fail(work.crashed[0]) from None
 
 
+def _exit_when_done(work: WorkerThread, server: Any) -> None:
+    work.thread.join()
+    if work.crashed:
+        server.should_exit = True
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fails clearly (before anything starts) when the address cannot be bound."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def build_server(
     app_ref: str, db: str | None, host: str, port: int, admin_token: str | None, protect_reads: bool,
     no_worker: bool, insecure_loopback_admin: bool, projection: list[str] | None = None,
     lease_ttl: float = LEASE_TTL_S, claim_interval: float = CLAIM_INTERVAL_S,
 ) -> tuple[Any, WorkerThread | None, Any]:
     """Builds the uvicorn server (and the worker) ``stoic serve`` and the demo run."""
+    _check_port(host, port)
     from stoic.api import ApiSettings, create_app
     from stoic.api.auth import LOOPBACK
 

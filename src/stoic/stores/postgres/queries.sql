@@ -142,7 +142,8 @@ SELECT coalesce(max(version), 0) FROM stoic_schema_migrations;
 INSERT INTO stoic_schema_migrations (version, name, applied_at) VALUES (%s, %s, now());
 
 -- name: insert_failure
--- Records a failure of one event.
+-- Records a failure of one event; the same event failing again (after a reset, a replay or a
+-- rebuild closed its record) starts the record over: a new occurrence, with a fresh schedule.
 INSERT INTO stoic_failures (projection, position, event_id, stream_id, event_type, policy, error_class,
     message, traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution,
     blocking, updated_at)
@@ -150,10 +151,11 @@ VALUES (%(projection)s, %(position)s, %(event_id)s, %(stream_id)s, %(event_type)
     %(error_class)s, %(message)s, %(traceback)s, 1, now(), now(), %(next_retry_at)s, %(status)s,
     %(resolution)s, %(blocking)s, now())
 ON CONFLICT (projection, event_id) DO UPDATE SET
-    attempts = stoic_failures.attempts + 1, last_failed_at = excluded.last_failed_at,
+    attempts = 1, first_failed_at = excluded.first_failed_at, last_failed_at = excluded.last_failed_at,
     error_class = excluded.error_class, message = excluded.message, traceback = excluded.traceback,
     next_retry_at = excluded.next_retry_at, status = excluded.status, resolution = excluded.resolution,
-    blocking = excluded.blocking, retry_requested = false, updated_at = excluded.updated_at
+    blocking = excluded.blocking, retry_requested = false, updated_at = excluded.updated_at,
+    parked = 0, actor = NULL, note = NULL
 RETURNING id;
 
 -- name: record_retry_failure

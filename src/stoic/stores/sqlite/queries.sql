@@ -103,17 +103,19 @@ SELECT event_id, stream_id, version, position FROM stoic_events
 WHERE event_id IN (SELECT value FROM json_each(?));
 
 -- name: insert_failure
--- Records a failure of one event.
+-- Records a failure of one event; the same event failing again (after a reset, a replay or a
+-- rebuild closed its record) starts the record over: a new occurrence, with a fresh schedule.
 INSERT INTO stoic_failures (projection, position, event_id, stream_id, event_type, policy, error_class,
     message, traceback, attempts, first_failed_at, last_failed_at, next_retry_at, status, resolution,
     blocking, updated_at)
 VALUES (:projection, :position, :event_id, :stream_id, :event_type, :policy, :error_class,
     :message, :traceback, 1, :now, :now, :next_retry_at, :status, :resolution, :blocking, :now)
 ON CONFLICT (projection, event_id) DO UPDATE SET
-    attempts = stoic_failures.attempts + 1, last_failed_at = excluded.last_failed_at,
+    attempts = 1, first_failed_at = excluded.first_failed_at, last_failed_at = excluded.last_failed_at,
     error_class = excluded.error_class, message = excluded.message, traceback = excluded.traceback,
     next_retry_at = excluded.next_retry_at, status = excluded.status, resolution = excluded.resolution,
-    blocking = excluded.blocking, retry_requested = 0, updated_at = excluded.updated_at
+    blocking = excluded.blocking, retry_requested = 0, updated_at = excluded.updated_at,
+    parked = 0, actor = NULL, note = NULL
 RETURNING id;
 
 -- name: record_retry_failure
