@@ -61,8 +61,8 @@ def admin_requests(world: World) -> list[tuple[str, str, Any]]:
     ]
 
 
-REFUSED = {"/admin/projections/ledger/streams/rebuild", "/admin/projections/ledger/rebuild", "/admin/projections/ledger/rollback",
-           "/admin/projections/ledger/drop-previous"}
+REFUSED = {"/admin/projections/ledger/streams/rebuild", "/admin/projections/ledger/rebuild",
+           "/admin/projections/ledger/rollback", "/admin/projections/ledger/drop-previous"}
 
 
 @quick
