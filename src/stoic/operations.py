@@ -579,6 +579,10 @@ class Operations:
 
     def _rewindable(self, projection: str, action: str, actor: str, reason: str | None) -> ProjectionDetails:
         self._check_projection(projection)
+        if any(d.name.startswith(f"{projection}#") for d in self.store.projection_details()):
+            self._refuse(action, projection, actor, reason, (
+                f"cannot {action} {projection!r}: it is segmented, and its segments' checkpoints would move "
+                f"apart; resegment it to 1 segment first, {action}, then resegment back"))
         details = self._details(projection)
         if details is None:
             self._refuse(action, projection, actor, reason,

@@ -32,7 +32,8 @@ READS = ["/health/projections", "/health/projections/faulty", "/health/projectio
 
 def admin_requests(world: World) -> list[tuple[str, str, Any]]:
     """One request to every admin endpoint (method, path, JSON body). Each succeeds, in this order,
-    except those in REFUSED (409): the stream rebuild, because the reset before it is still pending,
+    except those in REFUSED (409): resegment to the 1 segment it has; the stream rebuild, because the
+    reset before it is still pending;
     and the last three, because the world has no versioned projection."""
     first, second = (f.id for f in world.failures("faulty"))
     dead = world.failures("fragile")[0].id
@@ -52,6 +53,7 @@ def admin_requests(world: World) -> list[tuple[str, str, Any]]:
         ("GET", "/admin/projections/ledger/reconcile", None),
         ("GET", f"/admin/projections/ledger/reconcile/{STREAM_A}", None),
         ("POST", "/admin/projections/ledger/reconcile", {"repair": False, "reason": "r"}),
+        ("POST", "/admin/projections/ledger/resegment", {"reason": "r", "to": 1}),
         ("POST", "/admin/projections/ledger/reset", {"reason": "r"}),
         ("POST", "/admin/projections/ledger/streams/rebuild", {"reason": "r", "streams": [STREAM_C]}),
         ("POST", "/admin/projections/tally/replay", {"reason": "r", "from_position": 0}),
@@ -61,7 +63,8 @@ def admin_requests(world: World) -> list[tuple[str, str, Any]]:
     ]
 
 
-REFUSED = {"/admin/projections/ledger/streams/rebuild", "/admin/projections/ledger/rebuild",
+REFUSED = {"/admin/projections/ledger/resegment", "/admin/projections/ledger/streams/rebuild",
+           "/admin/projections/ledger/rebuild",
            "/admin/projections/ledger/rollback", "/admin/projections/ledger/drop-previous"}
 
 
@@ -284,6 +287,7 @@ def test_every_admin_action_is_audited(world: World) -> None:
         ("carol", "reconcile", "projection:ledger", None, "ok: 3 of 3 streams match"),
         ("carol", "reconcile", f"projection:ledger/stream:{STREAM_A}", None, "ok: 1 of 1 streams match"),
         ("carol", "reconcile", "projection:ledger", "r", "ok: 3 of 3 streams match"),
+        ("carol", "resegment", "projection:ledger", "r", "refused"),
         ("carol", "reset", "projection:ledger", "r", "requested"),
         ("carol", "repair", "projection:ledger", "r", "refused"),
         ("carol", "replay", "projection:tally", "r", "requested"),

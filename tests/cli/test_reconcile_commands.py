@@ -98,3 +98,31 @@ def test_rebuild_rollback_and_drop_previous(tmp_path: Path) -> None:
     run("drop-previous", "totals", "--db", url, "--app", V1, code=EXIT_REFUSED)
     audit = json.loads(run("audit", "--db", url, "--json"))
     assert [a["action"] for a in audit][:3] == ["drop-previous", "rollback", "rollback"]
+
+
+SEGMENTED = "tests.scale.test_segments:make_segmented_app"
+
+
+def test_resegment_runs_the_segments_here_and_swaps_the_rows(tmp_path: Path) -> None:
+    from tests.apps import append_bulk
+
+    url = f"sqlite:///{tmp_path}/seg.db"
+    store = stoic.connect(url)
+    append_bulk(store, 1500, streams=40)
+    stoic.Runner(store, stoic.load_app(SEGMENTED)).run_until_caught_up()
+    append_bulk(store, 300, seed=2, streams=40)  # the segments are behind: the command drains them here
+    store.close()
+    out = run("resegment", "seg", "--to", "2", "--reason", "fewer workers", "--db", url, "--app", SEGMENTED)
+    assert "seg: 2 segments from position 1800" in out
+    store = stoic.connect(url)
+    try:
+        rows = {s.name: (s.position, s.segments) for s in store.projections()}
+        assert rows == {"seg#0": (1800, 2), "seg#1": (1800, 2)}
+        from tests.scale.test_segments import check_complete
+
+        check_complete(store)
+    finally:
+        store.close()
+    refused = CliRunner().invoke(cli, ["reset", "seg", "--reason", "x", "--db", url, "--app", SEGMENTED])
+    assert refused.exit_code == EXIT_REFUSED
+    assert "resegment it to 1 segment first" in " ".join(refused.output.split())

@@ -114,6 +114,17 @@ class WhoAmI(BaseModel):
     mode: str = Field(description="token, or loopback (demo mode: no token configured).")
 
 
+class ResegmentRequest(RequiredReason):
+    to: int = Field(ge=1, le=256, description="The new number of segments.")
+    timeout: float = Field(default=60.0, gt=0, le=600, description="Seconds to wait for the segments to drain.")
+
+
+class ResegmentView(BaseModel):
+    projection: str
+    segments: int
+    position: int = Field(description="The barrier: events up to here went to the old segments.")
+
+
 class GenerationView(BaseModel):
     projection: str
     generation: int
@@ -378,6 +389,14 @@ def create_app(store: Store, app: App | None = None, settings: ApiSettings | Non
         """Drops the tables of the generation the last switch replaced."""
         return GenerationView(projection=name,
                               generation=ops.drop_previous(name, who.actor, body.reason if body else None))
+
+    @api.post("/admin/projections/{name}/resegment", tags=["admin"], response_model=ResegmentView)
+    def resegment(who: AdminDep, name: ProjectionName, body: ResegmentRequest) -> ResegmentView:
+        """Changes a projection's number of segments: drains every segment to a barrier
+        (the head now), then swaps the rows in one transaction. Blocks until done or
+        ``timeout`` (then nothing changed: 503)."""
+        barrier = ops.resegment(name, body.to, who.actor, body.reason, timeout=body.timeout)
+        return ResegmentView(projection=name, segments=body.to, position=barrier)
 
     # -- dashboard ----------------------------------------------------------------------------
 

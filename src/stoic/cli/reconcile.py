@@ -179,3 +179,36 @@ def _follow_build(ops: Operations, projection: str, build: str, here: HereRunner
                 raise fail(OperationTimeout(f"gave up following after {timeout} s; the build "
                                             + ("stops here" if here else "goes on in the worker")))
             time.sleep(0.3)
+
+
+@app.command()
+def resegment(
+    projection: ProjectionArg,
+    to: Annotated[int, typer.Option("--to", min=1, max=256, help="The new number of segments.")],
+    reason: RequiredReason,
+    app_ref: AppOption = None,
+    db: DbOption = None,
+    actor: ActorOption = None,
+    timeout: Annotated[float, typer.Option(help="Give up (changing nothing) after this many seconds.")] = 300.0,
+) -> None:
+    """Change how many segments a projection is split into, losing and repeating nothing.
+
+    Every segment first processes up to a barrier (the head now) and waits there;
+    then the rows are swapped in one transaction. Workers must be running the
+    projection (or pass --app: the segments are brought to the barrier here).
+    """
+    with operations(db, app_ref) as ops:
+        here = None if any(w.alive for w in ops.store.workers()) or ops.app is None else HereRunner(ops, projection)
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          console=err_console) as progress:
+                task = progress.add_task(f"draining {projection}", total=None)
+
+                def show(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                barrier = ops.resegment(projection, to, default_actor(actor), reason, timeout=timeout, progress=show)
+        finally:
+            if here is not None:
+                here.stop()
+    console.print(f"{projection}: {to} segment{'s' if to != 1 else ''} from position {barrier}", highlight=False)
