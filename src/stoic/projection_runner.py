@@ -122,6 +122,11 @@ class _CountingTransaction:
         return getattr(self._tx, name)
 
 
+def _logged(message: str) -> str:
+    """An error message for the log: only when debug logging is on (it may hold event data)."""
+    return f": {message[:500]}" if log.isEnabledFor(logging.DEBUG) else " (message withheld: debug logging is off)"
+
+
 def _nothing(tx: Transaction) -> None:
     """A batch with no event for this segment: only the checkpoint moves."""
 
@@ -718,7 +723,9 @@ class ProjectionRunner:
             error_class=error_class, message=message[:10_000], traceback=_traceback(exc),
             status=status, resolution=resolution, next_retry_at=next_retry, blocking=blocking,
         ))
-        log.error("event failed: %s: %s", error_class, message[:500], extra={
+        # The error's message may quote the event's data: logged only with debug logging on;
+        # operators read it with `stoic failures show` (admins only over HTTP).
+        log.error("event failed: %s%s", error_class, _logged(message), extra={
             "action": "event_failed", "projection": self.name, "position": event.position,
             "stream_id": event.stream_id, "event_type": event.type, "policy": policy.value,
             "failure_id": failure_id})
@@ -779,7 +786,7 @@ class ProjectionRunner:
         except Exception as exc:
             # A repair that cannot run must not be retried forever: drop it, say why.
             error_class, message = describe(exc)
-            log.error("repair failed: %s: %s", error_class, message[:500], extra={
+            log.error("repair failed: %s%s", error_class, _logged(message), extra={
                 "action": "repair_failed", "projection": self.name, "streams": streams[:20]})
             session.finish_request(self.name, control.request_seq, self.position, False)
             self.store.record_audit(AuditRecord(
