@@ -40,6 +40,7 @@ from stoic.errors import (
     StoreUnavailable,
 )
 from stoic.events import NO_STREAM, AppendResult, Expected, NewEvent, RecordedEvent, validate_stream_id
+from stoic.projection import marked_methods
 from stoic.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,18 +134,7 @@ class Aggregate:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        names: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            local: dict[str, str] = {}
-            for attr, value in vars(klass).items():
-                for event_type in getattr(value, "_stoic_applies", ()):
-                    if event_type in local:
-                        raise ConfigurationError(
-                            f"{klass.__name__}: {event_type!r} is applied by both {local[event_type]} and {attr}"
-                        )
-                    local[event_type] = attr
-            names.update(local)
-        cls._appliers = names
+        cls._appliers = marked_methods(cls, "_stoic_applies", "applied")
 
     # -- building from history ----------------------------------------------------------
 

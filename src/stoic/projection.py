@@ -62,6 +62,23 @@ handles_all = handles(ALL)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
 
 
+def marked_methods(cls: type, marker: str, verb: str) -> dict[str, str]:
+    """``{event type: method name}`` of the methods a decorator marked (``marker``
+    holds their event types), subclasses overriding bases; two methods of one
+    class for the same type are a ConfigurationError."""
+    names: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        local: dict[str, str] = {}
+        for attr, value in vars(klass).items():
+            for event_type in getattr(value, marker, ()):
+                if event_type in local:
+                    raise ConfigurationError(
+                        f"{klass.__name__}: {event_type!r} is {verb} by both {local[event_type]} and {attr}")
+                local[event_type] = attr
+        names.update(local)
+    return names
+
+
 def segment_of(stream_id: str, count: int) -> int:
     """The segment a stream belongs to: a stable hash (the same in every process
     and release), so all of a stream's events go to one segment, in order."""
@@ -118,19 +135,7 @@ class Projection:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        names: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            local: dict[str, str] = {}
-            for attr, value in vars(klass).items():
-                for event_type in getattr(value, "_stoic_handles", ()):
-                    if event_type in local:
-                        raise ConfigurationError(
-                            f"{klass.__name__}: {event_type!r} is handled by both "
-                            f"{local[event_type]} and {attr}"
-                        )
-                    local[event_type] = attr
-            names.update(local)
-        cls._handler_names = names
+        cls._handler_names = marked_methods(cls, "_stoic_handles", "handled")
         for table in cls.tables:
             if not isinstance(table, str) or not _IDENTIFIER.match(table):
                 raise ConfigurationError(f"{cls.__name__}.tables: {table!r} is not a plain SQL identifier")

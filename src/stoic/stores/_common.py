@@ -39,7 +39,7 @@ from stoic.events import (
 )
 from stoic.metrics import APPENDED_EVENTS, APPENDS
 from stoic.projection import segment_of
-from stoic.store import AppendItem, Lease, T, Transaction, Versioning
+from stoic.store import AppendItem, FailureRecord, Lease, T, Transaction, Versioning
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 
@@ -476,10 +476,33 @@ class SessionVersioning:
 
 
 class SessionSegments:
-    """The segmented-projection calls of a session, the same on both backends."""
+    """The segment and reconciliation reads of a session, the same on both backends
+    (each provides ``_types_param`` for a list of types, ``_failure`` for a row)."""
 
     Q: dict[str, str]
     conn: Any
+
+    @staticmethod
+    def _types_param(types: Sequence[str]) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _failure(row: Any) -> FailureRecord:
+        raise NotImplementedError
+
+    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
+        rows = self._fetch(self.Q["stream_ids"], {
+            "upto": upto, "after": after, "types": None if types is None else self._types_param(types),
+            "limit": limit})
+        return [r[0] for r in rows]
+
+    def stream_at(self, position: int) -> tuple[str, str] | None:
+        rows = self._fetch(self.Q["stream_at"], (position,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
+        return [self._failure(r) for r in self._fetch(self.Q["list_failures"], {
+            "projection": name, "status": None, "stream_id": stream_id, "limit": 10_000, "offset": 0})]
 
     def _write(self) -> contextlib.AbstractContextManager[Any]:
         raise NotImplementedError

@@ -797,18 +797,11 @@ class PostgresSession(SessionVersioning, SessionSegments):
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield PostgresTransaction(self.conn)
 
-    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
-        rows = self._fetch(Q["stream_ids"], {
-            "upto": upto, "after": after, "types": list(types) if types is not None else None, "limit": limit})
-        return [r[0] for r in rows]
+    @staticmethod
+    def _types_param(types: Sequence[str]) -> Any:
+        return list(types)
 
-    def stream_at(self, position: int) -> tuple[str, str] | None:
-        rows = self._fetch(Q["stream_at"], (position,))
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
-        return [failure_from_row(r) for r in self._fetch(Q["list_failures"], {
-            "projection": name, "status": None, "stream_id": stream_id, "limit": 10_000, "offset": 0})]
+    _failure = staticmethod(failure_from_row)
 
     def breaker(self, name: str) -> BreakerState:
         rows = self._fetch(Q["breaker"], (name,))

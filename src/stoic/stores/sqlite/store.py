@@ -777,19 +777,11 @@ class SQLiteSession(SessionVersioning, SessionSegments):
             finally:
                 self.conn.execute("ROLLBACK")
 
-    def stream_ids(self, upto: int, after: str, types: Sequence[str] | None, limit: int) -> list[str]:
-        rows = self._fetch(Q["stream_ids"], {
-            "upto": upto, "after": after, "types": json.dumps(list(types)) if types is not None else None,
-            "limit": limit})
-        return [r[0] for r in rows]
+    @staticmethod
+    def _types_param(types: Sequence[str]) -> Any:
+        return json.dumps(list(types))
 
-    def stream_at(self, position: int) -> tuple[str, str] | None:
-        rows = self._fetch(Q["stream_at"], (position,))
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    def stream_failures(self, name: str, stream_id: str) -> list[FailureRecord]:
-        return [failure_from_row(r) for r in self._fetch(Q["list_failures"], {
-            "projection": name, "status": None, "stream_id": stream_id, "limit": 10_000, "offset": 0})]
+    _failure = staticmethod(failure_from_row)
 
     def read_stream_range(self, stream_id: str, after: int, upto: int) -> list[RecordedEvent]:
         return [RecordedEvent(*r) for r in self._fetch(Q["read_stream_range"], (stream_id, after, upto))]
