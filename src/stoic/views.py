@@ -35,6 +35,8 @@ class ProjectionHealthView(BaseModel):
     lag_seconds: float
     events_processed: int
     throughput: float | None = Field(description="Events/s over the last sampling interval.")
+    eta_seconds: float | None = Field(
+        description="Seconds to catch up at the current throughput (a rebuild's ETA); None when unknown.")
     drifted_streams: int = Field(description="Streams the last continuous reconciliation found drifted.")
     failures: dict[str, int]
     parked_streams: int
@@ -53,6 +55,7 @@ class ProjectionHealthView(BaseModel):
             position=h.position, head=h.head, lag_events=h.lag_events, lag_seconds=round(h.lag_seconds, 3),
             events_processed=h.events_processed,
             throughput=None if h.throughput is None else round(h.throughput, 1), drifted_streams=h.drifted_streams,
+            eta_seconds=round(h.lag_events / h.throughput, 1) if h.lag_events and h.throughput else None,
             failures=dict(h.failures), parked_streams=h.parked_streams, parked_events=h.parked_events,
             holder=h.holder, holder_alive=h.holder_alive, holder_heartbeat_at=h.holder_heartbeat_at,
             breaker=h.breaker_state, updated_at=h.last_processed_at,
@@ -106,6 +109,7 @@ class FailureSummary(BaseModel):
     next_retry_at: datetime | None
     blocking: bool
     parked: int
+    retry_requested: bool = Field(description="An operator asked for a retry that has not run yet.")
 
     @classmethod
     def of(cls, f: FailureRecord) -> FailureSummary:
@@ -122,21 +126,20 @@ class FailureDetail(FailureSummary):
     resolution: str | None
     actor: str | None
     note: str | None
-    retry_requested: bool
     updated_at: datetime
 
     @classmethod
     def of(cls, f: FailureRecord) -> FailureDetail:
         return cls(**_summary_fields(f), event_id=f.event_id, stream_id=f.stream_id, message=f.message,
                    traceback=f.traceback, resolution=f.resolution.value if f.resolution else None,
-                   actor=f.actor, note=f.note, retry_requested=f.retry_requested, updated_at=f.updated_at)
+                   actor=f.actor, note=f.note, updated_at=f.updated_at)
 
 
 def _summary_fields(f: FailureRecord) -> dict[str, object]:
     return dict(id=f.id, projection=f.projection, position=f.position, event_type=f.event_type,
                 policy=f.policy, status=f.status.value, error_class=f.error_class, cause=cause_code(f.error_class),
                 attempts=f.attempts, first_failed_at=f.first_failed_at, last_failed_at=f.last_failed_at,
-                next_retry_at=f.next_retry_at, blocking=f.blocking, parked=f.parked)
+                next_retry_at=f.next_retry_at, blocking=f.blocking, parked=f.parked, retry_requested=f.retry_requested)
 
 
 class WorkerView(BaseModel):

@@ -16,10 +16,10 @@ from ._support import ADMIN, NAMES, STREAM_A, Broken, World, error_code, make_ap
 
 SUMMARY_KEYS = {
     "id", "projection", "position", "event_type", "policy", "status", "error_class", "cause", "attempts",
-    "first_failed_at", "last_failed_at", "next_retry_at", "blocking", "parked",
+    "first_failed_at", "last_failed_at", "next_retry_at", "blocking", "parked", "retry_requested",
 }
 DETAIL_KEYS = SUMMARY_KEYS | {
-    "event_id", "stream_id", "message", "traceback", "resolution", "actor", "note", "retry_requested", "updated_at",
+    "event_id", "stream_id", "message", "traceback", "resolution", "actor", "note", "updated_at",
 }
 
 
@@ -134,7 +134,7 @@ def test_a_projections_failures_open_and_as_admin(world: World) -> None:
             "id": failure.id, "projection": "fragile", "position": failure.position, "event_type": "Deposited",
             "policy": "park", "status": "dead", "error_class": "ValueError", "cause": "handler_error",
             "attempts": 1, "first_failed_at": item["first_failed_at"], "last_failed_at": item["last_failed_at"],
-            "next_retry_at": None, "blocking": True, "parked": 1,
+            "next_retry_at": None, "blocking": True, "parked": 1, "retry_requested": False,
         }
 
     admin_page = world.get("/health/projections/fragile/failures", admin=True).json()
