@@ -151,7 +151,8 @@ class Operations:
                 details, head, oldest, counts, now, self.thresholds,
                 halted_at=min(halted) if halted else None,
                 throughput=self._throughput(details.name, details.events_processed), build=builds.get(details.name)))
-        for name in sorted((self._known or set()) - seen):
+        units = {name.rpartition("#")[0] for name in seen if "#" in name}
+        for name in sorted((self._known or set()) - seen - units):
             results.append(ProjectionHealth(
                 name=name, status=Status.OFFLINE,
                 causes=(Cause("never_started", Status.OFFLINE, "no worker has run this projection yet"),),
@@ -432,7 +433,13 @@ class Operations:
                 f"cannot rebuild {projection!r} without downtime: it declares no tables (tables = (...)); "
                 "use reset to rebuild it in place"))
         details = self._rewindable(projection, "rebuild", who, why)
-        return self._request_rewind(projection, "rebuild", details.position, who, why)
+        request = self._request_rewind(projection, "rebuild", details.position, who, why)
+        session = self.store.open_session()
+        try:  # a build in progress (or refused by the gate) starts over with the code deployed now
+            session.administer(lambda tx: session.abandon_build(tx, f"{projection}{BUILD_SUFFIX}"))
+        finally:
+            session.close()
+        return request
 
     def rollback(self, projection: str, actor: str, reason: str) -> int:
         """Points a versioned projection back at the generation the last switch

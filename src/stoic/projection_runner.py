@@ -260,7 +260,9 @@ class ProjectionRunner:
         if main.generation is None:
             return main.position > 0  # a read model from before it was versioned: build generation 1
         rebuild = session.control(self.build_of).request == "rebuild"
-        return main.version != version or rebuild
+        # Only a newer version builds (an older worker of a rolling deploy must not
+        # build its version back over the newer one), or an operator's rebuild.
+        return (main.version or 0) < version or (rebuild and main.version == version)
 
     def _bind_generation(self, lease: Lease) -> Lease | None:
         """Under the lease: picks the generation this runner writes (starting a
@@ -297,8 +299,13 @@ class ProjectionRunner:
             generation = max(main.generation or 0, main.previous_generation or 0, state.generation or 0) + 1
             target = self.projection.bound(generation)
 
+            abandoned = state.generation if state.generation not in (
+                None, main.generation, main.previous_generation) else None
+
             def restart(tx: Transaction) -> None:
                 session.drop_tables(tx, list(target.physical_tables(generation).values()))
+                if abandoned is not None:  # the tables of the build this one replaces
+                    session.drop_tables(tx, list(target.physical_tables(abandoned).values()))
                 session.restart_build(tx, self.name, version, generation)
 
             session.fenced(lease, restart)
@@ -490,8 +497,10 @@ class ProjectionRunner:
                 raise
             return self._on_transient(exc)
         if self._breaker_state != "closed" or self._transient_streak:
+            was_open = self._breaker_state != "closed"
             self._set_breaker("closed", 0, None)
-            log.info("circuit closed", extra={"action": "breaker_closed", "projection": self.name})
+            if was_open:
+                log.info("circuit closed", extra={"action": "breaker_closed", "projection": self.name})
         return result
 
     def _on_transient(self, exc: BaseException) -> StepResult:

@@ -180,9 +180,14 @@ class Reconciler:
             if position < 1 or len(found) >= size:
                 break
             hit = self.session.stream_at(rng.randint(1, position))
-            if hit is not None and (self.types is None or hit[1] in self.types):
+            if hit is not None and (self.types is None or hit[1] in self.types) and self._mine(hit[0]):
                 found[hit[0]] = None
         return list(found)
+
+    def _mine(self, stream_id: str) -> bool:
+        """On a segment's runner, only the segment's own streams are compared."""
+        segment = self.projection.segment
+        return segment is None or segment_of(stream_id, segment[1]) == segment[0]
 
     def _chunks(self, stream_ids: Sequence[str] | None) -> Iterable[list[str]]:
         if stream_ids is not None:
@@ -196,7 +201,9 @@ class Reconciler:
             page = self.session.stream_ids(upto, after, self.types, CHUNK)
             if not page:
                 return
-            yield page
+            mine = [stream for stream in page if self._mine(stream)]
+            if mine:
+                yield mine
             after = page[-1]
 
     def _compare_chunk(self, chunk: list[str]) -> tuple[int, dict[str, list[Mismatch]], list[str]]:

@@ -418,6 +418,9 @@ class StoreSession(Protocol):
     def rollback_version(self, tx: Transaction, name: str) -> bool:
         """Inside a transaction: back to the previous generation; False if none."""
 
+    def abandon_build(self, tx: Transaction, build: str) -> None:
+        """Inside a transaction: the build row starts over at its next acquire (holder fenced out)."""
+
     def forget_previous(self, tx: Transaction, name: str) -> None:
         """Inside a transaction: the previous generation is gone (its tables dropped)."""
 

@@ -467,6 +467,9 @@ class SessionVersioning:
     def rollback_version(self, tx: Transaction, name: str) -> bool:
         return self.conn.execute(self.Q["rollback_version"], {"name": name, "now": time.time()}).rowcount == 1
 
+    def abandon_build(self, tx: Transaction, build: str) -> None:
+        self.conn.execute(self.Q["abandon_build"], (build,))
+
     def forget_previous(self, tx: Transaction, name: str) -> None:
         self.conn.execute(self.Q["forget_previous"], (name,))
 

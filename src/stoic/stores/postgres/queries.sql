@@ -437,4 +437,10 @@ UPDATE stoic_failures SET projection = %s WHERE id = %s;
 SELECT id, stream_id FROM stoic_failures WHERE projection = %s;
 
 -- name: insert_segment
-INSERT INTO stoic_projections (name, segments, position) VALUES (%(name)s, %(segments)s, %(position)s);
+-- A new segment row covers every event up to the barrier (the late-arrival self-check counts them).
+INSERT INTO stoic_projections (name, segments, position, events_processed) VALUES (%(name)s, %(segments)s, %(position)s, %(position)s);
+
+-- name: abandon_build
+-- An operator restarts a build: its row forgets its version (the next holder starts it over)
+-- and its holder is fenced out.
+UPDATE stoic_projections SET version = NULL, epoch = epoch + 1, holder = NULL, build_note = NULL WHERE name = %s;

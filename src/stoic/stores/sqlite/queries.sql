@@ -380,4 +380,10 @@ UPDATE stoic_failures SET projection = ? WHERE id = ?;
 SELECT id, stream_id FROM stoic_failures WHERE projection = ?;
 
 -- name: insert_segment
-INSERT INTO stoic_projections (name, created_at, segments, position) VALUES (:name, :now, :segments, :position);
+-- A new segment row covers every event up to the barrier (the late-arrival self-check counts them).
+INSERT INTO stoic_projections (name, created_at, segments, position, events_processed) VALUES (:name, :now, :segments, :position, :position);
+
+-- name: abandon_build
+-- An operator restarts a build: its row forgets its version (the next holder starts it over)
+-- and its holder is fenced out.
+UPDATE stoic_projections SET version = NULL, epoch = epoch + 1, holder = NULL, build_note = NULL WHERE name = ?;

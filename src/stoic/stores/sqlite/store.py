@@ -312,6 +312,11 @@ class SQLiteStore(StoreBase):
 
     def _migrate(self) -> None:
         conn = self._conn()
+        with self.guard(), translate_errors():
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stoic_schema_migrations'").fetchone()
+            if exists and conn.execute(Q["schema_version"]).fetchone()[0] == len(MIGRATIONS):
+                return  # current: no write lock needed (operator commands must not wait for writers)
         with self.write_transaction(conn):
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS stoic_schema_migrations ("
