@@ -332,9 +332,11 @@ class ProjectionRunner:
             return StepResult(0, self.position, idle=True)
         self._next_switch_attempt = now + SWITCH_RETRY_S
         session = self._session()
+        session.fenced(self._lease(), _nothing)  # an operator may have restarted the build: LeaseLost
         refusal = self._verify_build()
         if refusal is not None:
-            session.record_build_note(self.name, refusal)
+            # Fenced too: a holder fenced out meanwhile must not write its note on the new build.
+            session.fenced(self._lease(), lambda tx: session.record_build_note(self.name, refusal))
             log.error("switch to the new generation refused: %s", refusal, extra={
                 "action": "switch_refused", "projection": self.build_of})
             return StepResult(0, self.position, idle=True)

@@ -425,7 +425,7 @@ class StoreSession(Protocol):
         """Inside a transaction: the previous generation is gone (its tables dropped)."""
 
     def record_build_note(self, name: str, note: str | None) -> None:
-        """Records why a build's switch was refused (None: clears it)."""
+        """Inside a (fenced) transaction: records why a build's switch was refused."""
 
     def segment_count(self, base: str) -> int | None:
         """How many segments a segmented projection's rows split it into (None: no rows)."""

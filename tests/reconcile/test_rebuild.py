@@ -230,3 +230,37 @@ class SlowTotalsInCents(TotalsInCents):
 slow_app_v2 = stoic.App([SlowTotalsInCents()])
 app_v1 = stoic.App([Totals()])
 app_v2 = stoic.App([TotalsInCents()])
+
+
+@backends
+def test_an_older_version_never_builds_over_a_newer_one(store: stoic.Store) -> None:
+    deposits(store, 200, streams=10)
+    stoic.Runner(store, stoic.App([Totals()])).run_until_caught_up()
+    stoic.Runner(store, stoic.App([TotalsInCents()])).run_until_caught_up()  # version 2 serves
+    # A worker still running version 1 (a rolling deploy): it builds nothing and runs nothing.
+    positions = stoic.Runner(store, stoic.App([Totals()])).run_until_caught_up()
+    assert positions == {}
+    state = {d.name: d for d in store.projection_details()}
+    assert (state["totals"].version, state["totals"].generation) == (2, 2) and "totals@build" not in state
+
+
+@backends
+def test_an_operator_rebuild_restarts_a_refused_build_with_the_fixed_code(store: stoic.Store) -> None:
+    deposits(store, 300, streams=10)
+    stoic.Runner(store, stoic.App([Totals()])).run_until_caught_up()
+    stoic.Runner(store, stoic.App([BrokenTotals()])).run_until_caught_up()  # version 3 refused by the gate
+    refused = {d.name: d for d in store.projection_details()}["totals@build"]
+    assert refused.build_note and refused.generation == 2
+
+    class FixedTotals(Totals):  # the fix, deployed under the same version number
+        version = 3
+
+    app = stoic.App([FixedTotals()])
+    stoic.Operations(store, app=app).rebuild("totals", ACTOR, "fix deployed as version 3")
+    stoic.Runner(store, app).run_until_caught_up()
+    state = {d.name: d for d in store.projection_details()}
+    assert "totals@build" not in state
+    assert (state["totals"].version, state["totals"].generation) == (3, 3)
+    assert sum(totals(store).values()) == 300
+    with pytest.raises(Exception):  # noqa: B017  the refused build's tables were dropped
+        store.query("SELECT COUNT(*) FROM totals_g2")

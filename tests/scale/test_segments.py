@@ -261,3 +261,59 @@ def test_three_worker_processes_share_eight_segments_and_survive_a_sigkill(tmp_p
         wait_until(lambda: all(s.position == head for s in segment_rows(store).values()), 90, "catch-up after kill")
     check_complete(store)
     store.close()
+
+
+@backends
+def test_after_a_resegment_the_self_check_finds_nothing_missing(store: stoic.Store) -> None:
+    append_bulk(store, 600, streams=30)
+    app = stoic.App([Segmented()])
+    stoic.Runner(store, app).run_until_caught_up()
+    runner = stoic.Runner(store, app, claim_interval=0.05)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_until(lambda: sum(1 for s in segment_rows(store).values() if s.holder) == 4, 20, "the worker")
+        stoic.Operations(store, app=app).resegment("seg", 2, ACTOR, "fewer", timeout=30)
+    finally:
+        runner.stop()
+        thread.join(20)
+    session = store.open_session()
+    try:
+        assert [session.check_late_arrivals(f"seg#{i}") for i in range(2)] == [0, 0]
+    finally:
+        session.close()
+
+
+@backends
+def test_continuous_reconciliation_on_a_segment_checks_only_its_own_streams(store: stoic.Store) -> None:
+    class Sampled(Segmented):
+        reconcile_every = 0.1
+        reconcile_sample = 40
+
+        def expected_state(self, stream_id: str, events: list[Any]) -> dict[str, Any] | None:
+            model = fold(events).get(stream_id)
+            return None if model is None else {"balance": model[0]}
+
+        def actual_state(self, stream_id: str, tx: Any) -> dict[str, Any] | None:
+            row = tx.execute("SELECT balance FROM seg_balance WHERE account = ?", (stream_id,)).fetchone()
+            return None if row is None else {"balance": int(row[0])}
+
+    append_bulk(store, 800, streams=40)
+    app = stoic.App([Sampled()])
+    stoic.Runner(store, app).run_until_caught_up()
+    paused = f"seg#{segment_of('acct-1', 4)}"
+    stoic.Operations(store, app=app).pause(paused, ACTOR, "hold one segment back")
+    append_bulk(store, 400, seed=5, streams=40)  # only the paused segment stays behind
+    runner = stoic.Runner(store, app, claim_interval=0.05)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        others = [f"seg#{i}" for i in range(4) if f"seg#{i}" != paused]
+        wait_until(lambda: all(d.drift_checked_at for d in store.projection_details() if d.name in others), 20,
+                   "the other segments to run a check")
+        time.sleep(0.5)
+        drift = {d.name: d.drift_count for d in store.projection_details() if d.name.startswith("seg#")}
+        assert all(drift[name] == 0 for name in others), drift  # no false drift from the paused segment
+    finally:
+        runner.stop()
+        thread.join(20)

@@ -474,8 +474,7 @@ class SessionVersioning:
         self.conn.execute(self.Q["forget_previous"], (name,))
 
     def record_build_note(self, name: str, note: str | None) -> None:
-        with self._write():
-            self.conn.execute(self.Q["build_note"], (note, name))
+        self.conn.execute(self.Q["build_note"], (note, name))
 
 
 class SessionSegments:
