@@ -195,10 +195,11 @@ SELECT position, stream_id, version, type, event_id::text, data::text, metadata:
 FROM stoic_events WHERE position = ANY(%s::bigint[]) ORDER BY position;
 
 -- name: read_stream_range
--- A stream's events in a position range.
+-- A stream's events in a position range. Ordered by version (the same order within a stream) so
+-- the (stream_id, version) index serves it: by position, the planner may walk the whole log.
 SELECT position, stream_id, version, type, event_id::text, data::text, metadata::text,
        extract(epoch FROM recorded_at)::float8
-FROM stoic_events WHERE stream_id = %s AND position > %s AND position <= %s ORDER BY position;
+FROM stoic_events WHERE stream_id = %s AND position > %s AND position <= %s ORDER BY version;
 
 -- name: breaker
 -- A projection's circuit breaker.

@@ -155,9 +155,10 @@ SELECT position, stream_id, version, type, event_id, data, metadata, recorded_at
 FROM stoic_events WHERE position IN (SELECT value FROM json_each(?)) ORDER BY position;
 
 -- name: read_stream_range
--- A stream's events in a position range.
+-- A stream's events in a position range. Ordered by version (the same order within a stream) so
+-- the (stream_id, version) index serves it: by position, the planner may walk the whole log.
 SELECT position, stream_id, version, type, event_id, data, metadata, recorded_at
-FROM stoic_events WHERE stream_id = ? AND position > ? AND position <= ? ORDER BY position;
+FROM stoic_events WHERE stream_id = ? AND position > ? AND position <= ? ORDER BY version;
 
 -- name: breaker
 -- A projection's circuit breaker.
