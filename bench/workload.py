@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -232,6 +233,37 @@ class CpuMeter:
         end = _foreign(_processes())
         used = sum(j - self.start.get(pid, 0) for pid, j in end.items())
         return {"others_cores": max(0, used) / _HZ / seconds}
+
+
+class SampledCpuMeter:
+    """Like :class:`CpuMeter`, for long spans: a thread reads /proc every ``interval``
+    seconds and adds up each process's CPU between readings, so a process that ends
+    inside the span still counts (up to its last reading). ``read()`` stops it."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.wall = time.monotonic()
+        self.interval = interval
+        self.last = _foreign(_processes())
+        self.used = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        now = _foreign(_processes())
+        self.used += sum(j - self.last.get(pid, 0) for pid, j in now.items() if j >= self.last.get(pid, 0))
+        self.last.update(now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def read(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        seconds = max(time.monotonic() - self.wall, 1e-6)
+        return {"others_cores": max(0, self.used) / _HZ / seconds}
 
 
 QUIET_WAIT_S = float(os.environ.get("STOIC_BENCH_QUIET_WAIT", "120"))  #: longest wait for quiet, seconds
