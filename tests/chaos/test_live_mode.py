@@ -177,7 +177,9 @@ def test_every_connection_killed_mid_catch_up(make_url, tmp_path: Path) -> None:
                 f"progress before kill {round_}",
             )
             pids = backend_pids_of(admin, worker.pid)
-            assert len(pids) >= 3, pids  # two sessions and at least one pool connection
+            # The two batch sessions at least; the pool's connection may still be reopening
+            # after the previous round's kill (psycopg_pool refills in the background).
+            assert len(pids) >= 2, pids
             for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             progress = min(checkpoints(store).values())
