@@ -311,7 +311,7 @@ class Probe:
         self.machine_start = _machine()
         self.others = SampledCpuMeter()
         self.self_start = _jiffies(os.getpid()) or 0
-        self._map()
+        self._map(first=True)
         self._thread.start()
         return self
 
@@ -325,7 +325,9 @@ class Probe:
         self.self_cores = ((_jiffies(os.getpid()) or 0) - self.self_start) / _HZ / self.seconds
         self.conn.close()
 
-    def _map(self) -> None:
+    def _map(self, first: bool = False) -> None:
+        """Finds the backends serving the processes (by client port). A backend found
+        after the start began inside the span: all of its CPU counts."""
         ports = [port for pid in self.pids() for port in client_ports(pid)]
         if ports:
             found = self.conn.execute(
@@ -333,15 +335,15 @@ class Probe:
             ).fetchall()
             for (pid,) in found:
                 if pid not in self.backends and pid != self.conn.info.backend_pid:
-                    self.backends[pid] = _jiffies(pid) or 0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in self.aux:
-                cmd = _cmdline(int(entry))
+                    self.backends[pid] = (_jiffies(pid) or 0) if first else 0
+        if first:
+            for entry in os.listdir("/proc"):
+                cmd = _cmdline(int(entry)) if entry.isdigit() else ""
                 if cmd.startswith("postgres:") and any(name in cmd for name in _AUX):
                     self.aux[int(entry)] = _jiffies(int(entry)) or 0
         for pid in self.pids():
             if pid not in self.worker_first:
-                self.worker_first[pid] = _jiffies(pid) or 0
+                self.worker_first[pid] = (_jiffies(pid) or 0) if first else 0
 
     def _read_cpu(self) -> None:
         for pid in self.backends:
@@ -358,11 +360,8 @@ class Probe:
                 self.worker_last[pid] = value
 
     def _run(self) -> None:
-        next_map = time.monotonic() + 1.0
         while not self._stop.wait(self.interval):
-            if time.monotonic() >= next_map:
-                self._map()
-                next_map = time.monotonic() + 1.0
+            self._map()
             self._read_cpu()
             pids = list(self.backends)
             if not pids:
